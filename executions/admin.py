@@ -1,0 +1,56 @@
+from django.contrib import admin
+
+from executions.models import Execution, ExecutionStep
+
+
+class ExecutionStepInline(admin.TabularInline):
+    model = ExecutionStep
+    extra = 0
+    can_delete = False
+    fields = (
+        "kind",
+        "name",
+        "input",
+        "output",
+        "error",
+        "prompt_tokens",
+        "completion_tokens",
+        "duration_ms",
+        "created_at",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Execution)
+class ExecutionAdmin(admin.ModelAdmin):
+    """Read-only: executions are written by the service, never by hand."""
+
+    list_display = (
+        "id",
+        "status",
+        "tier",
+        "tenant_id",
+        "agent_id",
+        "session_id",
+        "task_id",
+        "iterations",
+        "total_tokens",
+        "duration_ms",
+        "queued_at",
+    )
+    list_filter = ("status", "tier", "tenant_id")
+    search_fields = ("task_id", "session_id", "action_id")
+    date_hierarchy = "queued_at"
+    inlines = [ExecutionStepInline]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

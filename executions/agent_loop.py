@@ -1,0 +1,216 @@
+"""The agent loop: call the model, run the tools it asks for, until it answers.
+
+Plain Python with its I/O behind small interfaces (a `complete` function, the
+tools, a step recorder, a clock), so its logic is tested without Django,
+Redis or HTTP. The caller turns the raised RunErrors into final statuses.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from executions.exceptions import ExecutionTimeout, MaxIterations, RunError
+
+SUMMARY_CHARS = 200
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+@dataclass
+class Completion:
+    """One model answer, reduced to what the loop needs."""
+
+    content: str | None
+    tool_calls: list[ToolCall]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class ToolResult:
+    content: str
+    sources: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Tool(Protocol):
+    name: str
+
+    def schema(self) -> dict[str, Any]:
+        """Return the OpenAI `tools` entry describing this tool."""
+
+    def call(self, arguments: dict[str, Any], deadline: float) -> ToolResult:
+        """Run the tool; raise RunError subclasses for failures the model should see."""
+
+
+@dataclass
+class Step:
+    kind: str  # "llm", "tool" or "note"
+    name: str
+    input: Any = None
+    output: Any = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    duration_ms: int = 0
+
+
+@dataclass
+class LoopResult:
+    response: str | None = None
+    iterations: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+Complete = Callable[[list[dict[str, Any]], list[dict[str, Any]], float], Completion]
+
+
+@dataclass
+class AgentLoop:
+    complete: Complete  # (messages, tool schemas, timeout seconds) -> Completion
+    tools: dict[str, Tool]
+    max_iterations: int
+    deadline: float  # on `clock`
+    record: Callable[[Step], None]
+    clock: Callable[[], float] = time.monotonic
+
+    def run(self, messages: list[dict[str, Any]]) -> LoopResult:
+        """Return the model's final answer; raise MaxIterations or ExecutionTimeout.
+
+        Either error carries the partial result (steps already recorded, last
+        assistant text, usage) in its `partial` attribute.
+        """
+        result = LoopResult()
+        schemas = [tool.schema() for tool in self.tools.values()]
+        messages = list(messages)
+        try:
+            while True:
+                if result.iterations >= self.max_iterations:
+                    raise MaxIterations(f"no final answer after {self.max_iterations} LLM calls")
+                completion = self._call_model(messages, schemas, result)
+                if completion.content:
+                    result.response = completion.content
+                if not completion.tool_calls:
+                    return result
+                messages.append(_assistant_message(completion))
+                for call in completion.tool_calls:
+                    messages.append(self._call_tool(call, result))
+        except RunError as error:
+            error.partial = result
+            raise
+
+    def _remaining(self) -> float:
+        remaining = self.deadline - self.clock()
+        if remaining <= 0:
+            raise ExecutionTimeout("the run's deadline passed")
+        return remaining
+
+    def _call_model(
+        self, messages: list[dict[str, Any]], schemas: list[dict[str, Any]], result: LoopResult
+    ) -> Completion:
+        began = self.clock()
+        completion = self.complete(messages, schemas, self._remaining())
+        result.iterations += 1
+        result.prompt_tokens += completion.prompt_tokens
+        result.completion_tokens += completion.completion_tokens
+        self.record(
+            Step(
+                kind="llm",
+                name=f"llm_call_{result.iterations}",
+                input={
+                    "messages": len(messages),
+                    "tools": [s["function"]["name"] for s in schemas],
+                },
+                output={
+                    "content": completion.content,
+                    "tool_calls": [
+                        {"name": c.name, "arguments": c.arguments} for c in completion.tool_calls
+                    ],
+                },
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                duration_ms=_ms(self.clock() - began),
+            )
+        )
+        return completion
+
+    def _call_tool(self, call: ToolCall, result: LoopResult) -> dict[str, Any]:
+        began = self.clock()
+        error: str | None = None
+        tool = self.tools.get(call.name)
+        try:
+            arguments = json.loads(call.arguments or "{}")
+            if not isinstance(arguments, dict):
+                raise ValueError("arguments must be a JSON object")
+        except ValueError as exc:
+            arguments, error = {}, f"invalid arguments: {exc}"
+        if error is None and tool is None:
+            error = f"unknown tool {call.name!r}"
+        content = ""
+        if error is None:
+            try:
+                outcome = tool.call(arguments, self.deadline)
+                content = outcome.content
+                result.sources.extend(outcome.sources)
+            except ExecutionTimeout:
+                raise
+            except RunError as exc:
+                # The model sees the failure as the tool's result and may recover.
+                error = f"{exc.code}: {exc.message}"
+        if error is not None:
+            content = json.dumps({"error": error})
+        duration = _ms(self.clock() - began)
+        summary = content[:SUMMARY_CHARS]
+        result.tool_calls.append(
+            {
+                "name": call.name,
+                "arguments": arguments,
+                "result_summary": summary,
+                "duration_ms": duration,
+            }
+        )
+        self.record(
+            Step(
+                kind="tool",
+                name=call.name,
+                input=arguments,
+                output={"summary": summary},
+                error=error,
+                duration_ms=duration,
+            )
+        )
+        return {"role": "tool", "tool_call_id": call.id, "content": content}
+
+
+def _assistant_message(completion: Completion) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "content": completion.content,
+        "tool_calls": [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in completion.tool_calls
+        ],
+    }
+
+
+def _ms(seconds: float) -> int:
+    return max(0, int(seconds * 1000))

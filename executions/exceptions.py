@@ -1,0 +1,56 @@
+"""Named failures of a run; the job turns each into a final status and error code."""
+
+from __future__ import annotations
+
+
+class RunError(Exception):
+    """A run ends with `status` and error `code`; the message is for people."""
+
+    code = "INTERNAL"
+    status = "failed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        # What the run had produced when it stopped (an agent_loop.LoopResult).
+        self.partial = None
+
+
+class InvalidAction(RunError):
+    code, status = "INVALID_ACTION", "rejected"
+
+
+class AgentNotFound(RunError):
+    code, status = "AGENT_NOT_FOUND", "rejected"
+
+
+class AgentInactive(RunError):
+    code, status = "AGENT_INACTIVE", "rejected"
+
+
+class TierInsufficient(RunError):
+    code, status = "TIER_INSUFFICIENT", "rejected"
+
+
+class UpstreamTimeout(RunError):
+    code = "UPSTREAM_TIMEOUT"
+
+
+class UpstreamError(RunError):
+    code = "UPSTREAM_ERROR"
+
+    def __init__(self, message: str, upstream_code: str | None = None) -> None:
+        super().__init__(message)
+        self.upstream_code = upstream_code
+
+
+class LLMError(RunError):
+    code = "LLM_ERROR"
+
+
+class ExecutionTimeout(RunError):
+    code, status = "EXECUTION_TIMEOUT", "timeout"
+
+
+class MaxIterations(RunError):
+    code = "MAX_ITERATIONS"

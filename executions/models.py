@@ -1,0 +1,167 @@
+"""Executions: the durable record of every agent run, and its steps."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+FINAL_STATUSES = frozenset(
+    {Status.COMPLETED, Status.FAILED, Status.TIMEOUT, Status.CANCELLED, Status.REJECTED}
+)
+
+
+class Execution(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    action_id = models.CharField(max_length=255, unique=True, help_text="Idempotency key.")
+    task_id = models.CharField(max_length=255, db_index=True)
+    tenant_id = models.CharField(max_length=255)
+    tier = models.CharField(max_length=32)
+    session_id = models.CharField(max_length=255, null=True, blank=True)
+    correlation_id = models.CharField(max_length=255, null=True, blank=True)
+    agent_id = models.CharField(max_length=255)
+    conversation_id = models.CharField(max_length=255, null=True, blank=True)
+    callback_queue = models.CharField(max_length=512, null=True, blank=True)
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    message = models.TextField()
+    response = models.TextField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, null=True, blank=True)
+    error_message = models.TextField(null=True, blank=True)
+
+    iterations = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    total_tokens = models.PositiveIntegerField(default=0)
+
+    queued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    request = models.JSONField(help_text="The DomainAction as received.")
+    limits = models.JSONField(null=True, blank=True, help_text="Tier limits when it started.")
+    callback = models.JSONField(null=True, blank=True, help_text="The callback, once final.")
+    callback_sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-queued_at"]
+        indexes = [
+            models.Index(fields=["tenant_id", "-queued_at"], name="exec_tenant_recent"),
+            models.Index(fields=["session_id", "queued_at"], name="exec_session_order"),
+            models.Index(fields=["agent_id", "-queued_at"], name="exec_agent_recent"),
+            models.Index(fields=["status", "-queued_at"], name="exec_status_recent"),
+            models.Index(fields=["tier", "-queued_at"], name="exec_tier_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @classmethod
+    def record(cls, action_id: str, **fields: Any) -> tuple[Execution, bool]:
+        """Return the execution of `action_id`, creating it queued; True if created.
+
+        The unique `action_id` makes a redelivered or duplicated message find
+        the row it already made instead of running twice.
+        """
+        return cls.objects.get_or_create(action_id=action_id, defaults=fields)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def _claim(self, from_statuses: list[str], **changes: Any) -> bool:
+        # A conditional UPDATE instead of a lock: of two processes racing for
+        # the same transition, exactly one sees a row count of 1 and goes on.
+        won = Execution.objects.filter(pk=self.pk, status__in=from_statuses).update(**changes) == 1
+        if won:
+            for field, value in changes.items():
+                setattr(self, field, value)
+        return won
+
+    def start(self, limits: dict[str, Any]) -> bool:
+        """Mark the execution running with the tier limits in force; False if not queued."""
+        return self._claim(
+            [Status.QUEUED], status=Status.RUNNING, started_at=timezone.now(), limits=limits
+        )
+
+    def finish(
+        self,
+        status: str,
+        callback: dict[str, Any],
+        *,
+        response: str | None = None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        iterations: int = 0,
+        usage: dict[str, int] | None = None,
+    ) -> bool:
+        """Record the final status and its callback; False if it had already ended.
+
+        The callback is stored in the same UPDATE as the status, so whoever
+        wins the transition owns the one callback there will ever be.
+        """
+        assert status in FINAL_STATUSES, status
+        usage = usage or {}
+        now = timezone.now()
+        begun = self.started_at or self.queued_at
+        return self._claim(
+            [Status.QUEUED, Status.RUNNING],
+            status=status,
+            response=response,
+            error_code=error_code,
+            error_message=error_message,
+            iterations=iterations,
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+            total_tokens=usage.get("total_tokens", 0),
+            finished_at=now,
+            duration_ms=max(0, int((now - begun).total_seconds() * 1000)),
+            callback=callback,
+        )
+
+    def mark_callback_sent(self) -> None:
+        """Mark the stored callback as delivered to its queue."""
+        self.callback_sent_at = timezone.now()
+        Execution.objects.filter(pk=self.pk).update(callback_sent_at=self.callback_sent_at)
+
+    def add_step(self, kind: str, name: str, **fields: Any) -> ExecutionStep:
+        """Record one LLM call or tool call of this execution."""
+        return ExecutionStep.objects.create(execution=self, kind=kind, name=name, **fields)
+
+
+class ExecutionStep(models.Model):
+    class Kind(models.TextChoices):
+        LLM = "llm"
+        TOOL = "tool"
+        NOTE = "note"
+
+    execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="steps")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    name = models.CharField(max_length=255)
+    input = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.TextField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    duration_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"

@@ -1,0 +1,268 @@
+"""LLMStandin: a scriptable OpenAI-compatible Chat Completions server for tests and local runs.
+
+Plain Python (no Django). Only non-streaming `POST /v1/chat/completions` and
+`GET /v1/models` are served.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+MODEL_ID = "stand-in"
+
+
+def _content_text(content: Any) -> str:
+    """Text of a message's content, which may be a string, None or a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _arguments(call: dict[str, Any]) -> str:
+    """OpenAI sends tool arguments as a JSON string; scripts may give a dict or a string."""
+    arguments = call.get("arguments")
+    if isinstance(arguments, str):
+        return arguments
+    return json.dumps(arguments if arguments is not None else {})
+
+
+def _error_body(message: str, status: int) -> dict:
+    kind = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error"}
+    return {
+        "error": {
+            "message": message,
+            "type": kind.get(status, "server_error"),
+            "param": None,
+            "code": None,
+        }
+    }
+
+
+class LLMStandin:
+    """Serves Chat Completions from a script (`self.script`) or a deterministic default.
+
+    Every request body is appended to `self.requests`. Script items (popped one per request):
+    `{"content": str}`, `{"tool_calls": [{"name", "arguments"}]}`,
+    `{"status": int, "body": dict, "headers": dict}`, each optionally with `"sleep": seconds`.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, latency_seconds: float = 0.0):
+        self.host, self.port = host, port
+        self.latency_seconds = latency_seconds
+        self.script: deque[dict[str, Any]] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._call_ids = itertools.count(1)
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL for `openai.OpenAI(base_url=...)`, e.g. http://127.0.0.1:PORT/v1."""
+        if self._server is None:
+            raise RuntimeError("LLMStandin is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> str:
+        """Bind and serve in a daemon thread; return the base URL."""
+        if self._server is not None:
+            return self.url
+        self._stopping.clear()
+        server = ThreadingHTTPServer((self.host, self.port), _make_handler(self))
+        server.daemon_threads = True  # a hung scripted answer must not block interpreter exit
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        """Stop serving; scripted sleeps in flight end at once."""
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> LLMStandin:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def push_answer(self, text: str) -> None:
+        """Next request gets a final answer `text`."""
+        self.script.append({"content": text})
+
+    def push_tool_call(self, name: str, arguments: dict) -> None:
+        """Next request gets one tool call."""
+        self.script.append({"tool_calls": [{"name": name, "arguments": arguments}]})
+
+    def push_error(self, status: int, message: str, headers: dict | None = None) -> None:
+        """Next request gets an HTTP error with an OpenAI-style error body."""
+        item = {"status": status, "body": _error_body(message, status), "headers": headers or {}}
+        self.script.append(item)
+
+    def push_hang(self, seconds: float) -> None:
+        """Next request sleeps `seconds` and then gets the default answer."""
+        self.script.append({"sleep": seconds})
+
+    def _record(self, body: dict[str, Any]) -> None:
+        with self._lock:
+            self.requests.append(body)
+
+    def _next_item(self) -> dict[str, Any] | None:
+        try:
+            return self.script.popleft()
+        except IndexError:
+            return None
+
+    def _sleep(self, seconds: float) -> None:
+        # Interruptible, so stop() does not wait for a simulated hang.
+        if seconds > 0:
+            self._stopping.wait(seconds)
+
+    def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Build (status, JSON body, extra headers) for one chat completion request."""
+        item = self._next_item()
+        self._sleep(self.latency_seconds)
+        if item is not None and item.get("sleep"):
+            self._sleep(float(item["sleep"]))
+        if item is not None and "status" in item:
+            status = int(item["status"])
+            error = item.get("body") or _error_body(f"scripted error {status}", status)
+            return status, error, {k: str(v) for k, v in (item.get("headers") or {}).items()}
+        if item is not None and "tool_calls" in item:
+            return 200, self._completion(body, item.get("content"), item["tool_calls"]), {}
+        if item is not None and "content" in item:
+            return 200, self._completion(body, item["content"], None), {}
+        content, tool_calls = self._default(body)
+        return 200, self._completion(body, content, tool_calls), {}
+
+    def _default(self, body: dict[str, Any]) -> tuple[str | None, list[dict] | None]:
+        """Deterministic answer: search when offered knowledge_search, echo otherwise."""
+        messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+        last = messages[-1] if messages else {}
+        users = [m for m in messages if m.get("role") == "user"]
+        last_user = _content_text(users[-1].get("content")) if users else ""
+        tool_names = {
+            (t.get("function") or {}).get("name")
+            for t in body.get("tools") or []
+            if isinstance(t, dict)
+        }
+        if last.get("role") == "user" and "knowledge_search" in tool_names:
+            return None, [{"name": "knowledge_search", "arguments": {"query": last_user}}]
+        if last.get("role") == "tool":
+            return f"Based on the knowledge base: {_content_text(last.get('content'))[:200]}", None
+        return f"(stand-in) You said: {last_user}", None
+
+    def _completion(
+        self, body: dict[str, Any], content: str | None, tool_calls: list[dict] | None
+    ) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": f"call_{next(self._call_ids)}",
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": _arguments(call)},
+                }
+                for call in tool_calls
+            ]
+        prompt_chars = sum(
+            len(_content_text(m.get("content")))
+            for m in body.get("messages") or []
+            if isinstance(m, dict)
+        )
+        prompt_tokens = max(prompt_chars // 4, 1)
+        # For a tool call the "answer" is its serialized arguments.
+        answer_chars = len(content or "") + sum(
+            len(c["function"]["arguments"]) for c in message.get("tool_calls", [])
+        )
+        completion_tokens = max(answer_chars // 4, 1)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or MODEL_ID,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": "tool_calls" if tool_calls else "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+            "system_fingerprint": None,
+        }
+
+
+def _make_handler(standin: LLMStandin) -> type[BaseHTTPRequestHandler]:
+    """A request handler class bound to one LLMStandin instance."""
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "LLMStandin/1.0"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # tests and demos do not want a line per request on stderr
+
+        def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+            payload = json.dumps(body).encode("utf-8")
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (e.g. its timeout fired during a scripted hang)
+
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0].rstrip("/") == "/v1/models":
+                model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "standins"}
+                self._send(200, {"object": "list", "data": [model]})
+            else:
+                self._send(404, _error_body(f"no route for GET {self.path}", 404))
+
+        def do_POST(self) -> None:
+            if self.path.split("?", 1)[0].rstrip("/") != "/v1/chat/completions":
+                self._send(404, _error_body(f"no route for POST {self.path}", 404))
+                return
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if not isinstance(body, dict):
+                    raise ValueError("body must be a JSON object")
+            except ValueError as exc:
+                self._send(400, _error_body(f"invalid JSON body: {exc}", 400))
+                return
+            standin._record(body)
+            if body.get("stream"):
+                self._send(400, _error_body("stream=true is not supported by the stand-in", 400))
+                return
+            self._send(*standin.answer(body))
+
+    return Handler

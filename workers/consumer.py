@@ -1,0 +1,172 @@
+"""The consumer: takes messages from the tier lists, records them, acknowledges them.
+
+A message leaves Redis only after what it asked for is recorded: it waits in
+this consumer's processing list until its Execution row is committed and its
+RQ job enqueued (or it is dead-lettered). A consumer that dies leaves its
+processing lists behind; any other consumer sees its heartbeat expire and
+puts those messages back at the head of their lists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+import redis
+from django.conf import settings
+
+from tiers import lookup
+from workers import handlers, keys, redis_client
+from workers.intake import TierIntake
+
+log = logging.getLogger(__name__)
+
+# Times one message is tried when its handler fails before it is dead-lettered.
+MAX_ATTEMPTS = 5
+
+
+class Consumer:
+    def __init__(self, tiers: list[str] | None = None) -> None:
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.tiers = tiers or [tier.name for tier in lookup.tiers_by_priority()]
+        self.redis = redis_client.shared()
+        self._ttl = settings.AES_CONSUMER_HEARTBEAT_TTL
+        self.stopping = threading.Event()
+        self._wake = threading.Event()
+        self._intakes: dict[str, TierIntake] = {}
+        self._next_heartbeat = 0.0
+        self._retry: tuple[str, bytes] | None = None
+        self._attempts = 0
+        self.handled = 0
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the message in hand (safe from a signal handler)."""
+        self.stopping.set()
+        self._wake.set()
+
+    def run(self, *, burst: bool = False) -> None:
+        """Consume until stopped; with `burst`, until every tier list is empty."""
+        log.info("consumer %s serving %s", self.id, ", ".join(self.tiers))
+        self._heartbeat()
+        if not burst:
+            self._intakes = {tier: TierIntake(self.id, tier, self._wake) for tier in self.tiers}
+            for intake in self._intakes.values():
+                intake.start()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    if time.monotonic() >= self._next_heartbeat:
+                        self._heartbeat()
+                        self.recover_dead_consumers()
+                    if self.step():
+                        continue
+                except redis.ConnectionError as exc:
+                    # Nothing is lost: unacknowledged messages stay in the
+                    # processing list, and the next step finds them again.
+                    log.warning("Redis unavailable (%s); retrying in 1s", exc)
+                    self.stopping.wait(1.0)
+                    continue
+                if burst:
+                    break
+                self._wait_for_work()
+        finally:
+            self._shutdown()
+
+    def step(self) -> bool:
+        """Handle the highest-priority waiting message; return False when there is none."""
+        if self._retry is not None:
+            tier, raw = self._retry
+        else:
+            tier, raw = self._next()
+            if raw is None:
+                return False
+        try:
+            handlers.handle(tier, raw)
+        except Exception as exc:
+            # Not bad input (handle() dead-letters that) but a failure of ours
+            # or of the database: keep the message and try it again.
+            self._attempts += 1
+            log.exception("handling a message failed (attempt %d)", self._attempts)
+            if self._attempts < MAX_ATTEMPTS:
+                self._retry = (tier, raw)
+                self.stopping.wait(min(2**self._attempts * 0.1, 5.0))
+                return True
+            handlers.dead_letter(tier, raw, "HANDLER_FAILED", f"{type(exc).__name__}: {exc}")
+        self._retry, self._attempts = None, 0
+        # Acknowledge only now that the message's effect is recorded.
+        self.redis.lrem(keys.processing(self.id, tier), 1, raw)
+        self.handled += 1
+        return True
+
+    def _next(self) -> tuple[str, bytes | None]:
+        for tier in self.tiers:
+            raw = self._take(tier)
+            if raw is not None:
+                return tier, raw
+        return "", None
+
+    def _take(self, tier: str) -> bytes | None:
+        intake = self._intakes.get(tier)
+        held = intake.take_held() if intake else None
+        if held is not None:
+            return held
+        return self.redis.lmove(keys.actions(tier), keys.processing(self.id, tier), "RIGHT", "LEFT")
+
+    def _wait_for_work(self) -> None:
+        self._wake.clear()
+        for intake in self._intakes.values():
+            intake.armed.set()
+        self._wake.wait(timeout=max(0.0, self._next_heartbeat - time.monotonic()))
+
+    def _heartbeat(self) -> None:
+        # The alive key first: another consumer only recovers ids whose key is gone.
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.consumer_alive(self.id), str(time.time()), px=int(self._ttl * 1000))
+            pipe.sadd(keys.CONSUMERS, self.id)
+            pipe.execute()
+        self._next_heartbeat = time.monotonic() + min(keys.HEARTBEAT_SECONDS, self._ttl / 3)
+
+    def recover_dead_consumers(self) -> int:
+        """Put back the messages of consumers whose heartbeat expired; return how many."""
+        recovered = 0
+        for member in self.redis.smembers(keys.CONSUMERS):
+            other = member.decode()
+            if other == self.id or self.redis.exists(keys.consumer_alive(other)):
+                continue
+            count = self._return_messages(other)
+            self.redis.srem(keys.CONSUMERS, other)
+            if count:
+                log.warning("recovered %d message(s) held by dead consumer %s", count, other)
+            recovered += count
+        return recovered
+
+    def _return_messages(self, consumer_id: str) -> int:
+        """Move a consumer's processing lists back to the consuming end of the tier lists.
+
+        Newest first, each to the right end, so the oldest is taken first
+        again, in its original order. LMOVE is atomic: two consumers
+        recovering the same list cannot duplicate a message.
+        """
+        count = 0
+        for tier in self.tiers:
+            source = keys.processing(consumer_id, tier)
+            while self.redis.lmove(source, keys.actions(tier), "LEFT", "RIGHT") is not None:
+                count += 1
+        return count
+
+    def _shutdown(self) -> None:
+        for intake in self._intakes.values():
+            intake.stop(self.redis)
+        try:
+            returned = self._return_messages(self.id)
+            if returned:
+                log.info("returned %d unhandled message(s) to their lists", returned)
+            self.redis.srem(keys.CONSUMERS, self.id)
+            self.redis.delete(keys.consumer_alive(self.id))
+        except redis.RedisError as exc:
+            log.warning("could not deregister consumer %s: %s", self.id, exc)
+        log.info("consumer %s stopped after %d message(s)", self.id, self.handled)

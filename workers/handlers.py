@@ -1,0 +1,125 @@
+"""What the consumer does with one message: validate, record, enqueue, or dead-letter.
+
+`handle` never raises for bad input: anything it cannot accept goes to the
+dead-letter list with its reason, and gets an INVALID_ACTION callback when a
+callback queue can be read from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from django.conf import settings
+from pydantic import ValidationError
+
+from executions.models import Execution, Status
+from tiers import lookup
+from workers import callbacks, jobs, keys, redis_client
+from workers.protocol import AGENT_RUN, AgentRunData, DomainAction, describe, now_iso
+
+log = logging.getLogger(__name__)
+
+# Characters of a refused message kept in its dead-letter entry.
+DEAD_LETTER_RAW_CHARS = 64 * 1024
+
+
+class Refused(Exception):
+    """The message cannot be accepted; `code` and the message say why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def handle(tier: str, raw: bytes) -> None:
+    """Handle one message taken from `execution:{tier}:actions`."""
+    try:
+        if len(raw) > settings.AES_MAX_MESSAGE_BYTES:
+            raise Refused(
+                "MESSAGE_TOO_LARGE",
+                f"message of {len(raw)} bytes exceeds {settings.AES_MAX_MESSAGE_BYTES}",
+            )
+        try:
+            action = DomainAction.model_validate_json(raw)
+        except ValidationError as exc:
+            raise Refused("INVALID_ACTION", describe(exc)) from None
+        handler = HANDLERS.get(action.action_type)
+        if handler is None:
+            raise Refused("INVALID_ACTION", f"unknown action_type {action.action_type!r}")
+        handler(tier, action, raw)
+    except Refused as refusal:
+        dead_letter(tier, raw, refusal.code, refusal.message)
+
+
+def dead_letter(tier: str, raw: bytes, code: str, message: str) -> None:
+    """Record a refused message for operators and tell its sender, if we can."""
+    text = raw.decode("utf-8", errors="replace")
+    entry = {
+        "raw": text[:DEAD_LETTER_RAW_CHARS],
+        "truncated": len(text) > DEAD_LETTER_RAW_CHARS,
+        "error": {"code": code, "message": message},
+        "queue": keys.actions(tier),
+        "received_at": now_iso(),
+    }
+    redis_client.shared().lpush(keys.DEAD_LETTER, json.dumps(entry))
+    log.warning("dead-lettered a message from %s: %s %s", keys.actions(tier), code, message)
+    request = _readable_object(raw)
+    queue = request.get("callback_queue") if request else None
+    if isinstance(queue, str) and queue:
+        callbacks.reject_unrecorded(queue, request, tier, "INVALID_ACTION", message)
+
+
+def _readable_object(raw: bytes) -> dict[str, Any] | None:
+    if len(raw) > settings.AES_MAX_MESSAGE_BYTES:
+        return None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _agent_run(tier: str, action: DomainAction, raw: bytes) -> None:
+    try:
+        data = AgentRunData.model_validate(action.data)
+    except ValidationError as exc:
+        raise Refused("INVALID_ACTION", "data." + describe(exc)) from None
+    context = action.execution_context
+    agent_id = data.agent_id or (context.primary_agent_id if context else None)
+    if not agent_id:
+        raise Refused(
+            "INVALID_ACTION", "data.agent_id or execution_context.primary_agent_id is required"
+        )
+    if lookup.get_tier(action.tenant_tier) is None:
+        raise Refused("INVALID_ACTION", f"unknown tenant_tier {action.tenant_tier!r}")
+    if action.tenant_tier != tier:
+        log.warning(
+            "action %s says tier %s but came from %s; processing it as %s",
+            action.action_id,
+            action.tenant_tier,
+            keys.actions(tier),
+            tier,
+        )
+    execution, created = Execution.record(
+        action.action_id,
+        task_id=action.task_id,
+        tenant_id=action.tenant_id,
+        tier=tier,
+        session_id=action.session_id,
+        correlation_id=action.correlation_id,
+        agent_id=agent_id,
+        conversation_id=data.conversation_id,
+        callback_queue=action.callback_queue,
+        message=data.message,
+        request=json.loads(raw),
+    )
+    if not created:
+        log.info("action %s seen before: execution %s", action.action_id, execution.id)
+    if created or execution.status == Status.QUEUED:
+        jobs.enqueue(execution)
+
+
+HANDLERS = {AGENT_RUN: _agent_run}

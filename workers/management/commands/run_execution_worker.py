@@ -1,0 +1,68 @@
+"""`python manage.py run_execution_worker`: the service's consumer and its RQ workers."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+import redis
+from django.core.management.base import BaseCommand, CommandError
+
+from tiers import lookup
+from workers.consumer import Consumer
+from workers.supervisor import WorkerPool
+
+
+class Command(BaseCommand):
+    help = "Consume execution actions from Redis and supervise RQ workers that run them."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--rq-workers",
+            type=int,
+            default=1,
+            help="RQ worker processes to start and supervise (0: run them elsewhere).",
+        )
+        parser.add_argument(
+            "--burst",
+            action="store_true",
+            help="Drain the action lists, then the RQ queues, and exit.",
+        )
+
+    def handle(self, *args, rq_workers: int, burst: bool, **options) -> None:
+        if rq_workers < 0:
+            raise CommandError("--rq-workers must be 0 or more")
+        tiers = [tier.name for tier in lookup.tiers_by_priority()]
+        if not tiers:
+            raise CommandError("no tiers are defined: run `python manage.py migrate` first")
+        consumer = Consumer(tiers)
+        pool = WorkerPool(rq_workers, tiers, burst=burst)
+
+        def stop(signum, frame) -> None:
+            consumer.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        try:
+            if burst:
+                consumer.run(burst=True)
+                pool.start()
+                pool.wait()
+                return
+            pool.start()
+            supervisor = threading.Thread(
+                target=self._supervise, args=(pool, consumer), name="supervisor", daemon=True
+            )
+            supervisor.start()
+            consumer.run()
+        except redis.ConnectionError as exc:
+            self.stderr.write(f"Redis is unreachable: {exc}")
+            sys.exit(1)
+        finally:
+            pool.stop()
+
+    @staticmethod
+    def _supervise(pool: WorkerPool, consumer: Consumer) -> None:
+        while not consumer.stopping.wait(1.0):
+            pool.supervise()

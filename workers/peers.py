@@ -1,0 +1,176 @@
+"""Clients for AMS and CS: pseudo-synchronous requests (§5) behind tier-TTL caches."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import redis
+from django.conf import settings
+from pydantic import ValidationError
+
+from executions.exceptions import AgentNotFound, UpstreamError, UpstreamTimeout
+from workers import keys, redis_client
+from workers.protocol import AgentConfig, DomainActionResponse, HistoryMessage, new_id, outgoing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request is made for: every request of a run carries these (§1)."""
+
+    task_id: str
+    tenant_id: str
+    tier: str
+    session_id: str | None
+
+    def message(self, action_type: str, data: dict, **extra) -> dict:
+        return outgoing(
+            action_type,
+            data,
+            task_id=self.task_id,
+            tenant_id=self.tenant_id,
+            tenant_tier=self.tier,
+            session_id=self.session_id,
+            **extra,
+        )
+
+
+def wait_for(list_key: str, timeout: float) -> bytes | None:
+    """Return the first message pushed to `list_key` within `timeout` seconds, or None.
+
+    Waits in slices of BLOCK_SECONDS so the socket timeout stays above every
+    single blocking read, however long the whole wait is.
+    """
+    client = redis_client.shared_blocking()
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        got = client.blpop([list_key], timeout=min(remaining, keys.BLOCK_SECONDS))
+        if got is not None:
+            return got[1]
+    return None
+
+
+def request(caller: Caller, service: str, action_type: str, data: dict, timeout: float) -> dict:
+    """Send one request to `service` and return the reply's data (§5).
+
+    Raises UpstreamTimeout when no reply comes in `timeout` seconds and
+    UpstreamError when the reply says success false or is malformed.
+    """
+    correlation_id = new_id()
+    reply_list = keys.responses(correlation_id)
+    message = caller.message(
+        action_type, data, correlation_id=correlation_id, callback_queue=reply_list
+    )
+    redis_client.shared().lpush(keys.peer_actions(service, caller.tier), json.dumps(message))
+    raw = wait_for(reply_list, timeout)
+    if raw is None:
+        raise UpstreamTimeout(f"{action_type}: no reply within {timeout:.1f}s")
+    try:
+        reply = DomainActionResponse.model_validate_json(raw)
+    except ValidationError as exc:
+        raise UpstreamError(
+            f"{action_type}: malformed reply ({exc.error_count()} errors)"
+        ) from None
+    if not reply.success:
+        code = reply.error.code if reply.error else "UNKNOWN"
+        detail = reply.error.message if reply.error else ""
+        raise UpstreamError(f"{action_type} failed: {code} {detail}".strip(), code)
+    return reply.data
+
+
+def peer_timeout(deadline: float) -> float:
+    """Return how long a request may wait: the configured timeout, cut by the run's deadline."""
+    return max(0.0, min(settings.AES_PEER_TIMEOUT_SECONDS, deadline - time.monotonic()))
+
+
+def get_agent_config(caller: Caller, agent_id: str, ttl: int, deadline: float) -> AgentConfig:
+    """Return the agent's configuration from the cache, or from AMS (§5.1)."""
+    key = keys.agent_config(caller.tenant_id, agent_id)
+    cached = redis_client.shared().get(key)
+    if cached is not None:
+        try:
+            return AgentConfig.model_validate_json(cached)
+        except ValidationError:
+            log.warning("dropping malformed cached agent config %s", key)
+    try:
+        data = request(
+            caller,
+            "management",
+            "management.get_agent_config",
+            {"agent_id": agent_id},
+            peer_timeout(deadline),
+        )
+    except UpstreamError as exc:
+        if exc.upstream_code == "NOT_FOUND":
+            raise AgentNotFound(f"agent {agent_id!r} not found") from None
+        raise
+    try:
+        agent = AgentConfig.model_validate(data.get("agent"))
+    except ValidationError:
+        raise UpstreamError(f"AMS returned no valid agent for {agent_id!r}") from None
+    redis_client.shared().set(key, agent.model_dump_json(), ex=ttl)
+    return agent
+
+
+def get_history(
+    caller: Caller, session_id: str, limit: int, ttl: int, deadline: float
+) -> list[HistoryMessage]:
+    """Return the session's last `limit` messages, oldest first, cached (§5.2)."""
+    key = keys.history(caller.tenant_id, session_id)
+    cached = redis_client.shared().get(key)
+    if cached is not None:
+        return [HistoryMessage.model_validate(item) for item in json.loads(cached)][-limit:]
+    data = request(
+        caller,
+        "conversation",
+        "conversation.get_history",
+        {"session_id": session_id, "limit": limit},
+        peer_timeout(deadline),
+    )
+    try:
+        messages = [HistoryMessage.model_validate(item) for item in data.get("messages", [])]
+    except (ValidationError, TypeError):
+        raise UpstreamError("CS returned malformed history") from None
+    messages = messages[-limit:]
+    redis_client.shared().set(
+        key, json.dumps([m.model_dump(exclude_none=True) for m in messages]), ex=ttl
+    )
+    return messages
+
+
+def append_to_history(caller: Caller, session_id: str, messages: list[dict], limit: int) -> None:
+    """Append saved messages to the cached history, if cached, keeping its TTL.
+
+    An optimistic transaction (WATCH) so a concurrent refresh is never
+    overwritten with a stale copy; on a clash the cache is dropped instead.
+    """
+    key = keys.history(caller.tenant_id, session_id)
+    with redis_client.shared().pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(key)
+            cached = pipe.get(key)
+            if cached is None:
+                return
+            history = (json.loads(cached) + messages)[-limit:]
+            pipe.multi()
+            pipe.set(key, json.dumps(history), keepttl=True)
+            pipe.execute()
+        except redis.WatchError:
+            redis_client.shared().delete(key)
+
+
+def save_message(caller: Caller, message: dict, *, wait: bool, deadline: float) -> None:
+    """Save one message to CS: waiting for its confirmation when `wait` is set (§5.2)."""
+    if wait:
+        request(
+            caller, "conversation", "conversation.save_message", message, peer_timeout(deadline)
+        )
+        return
+    redis_client.shared().lpush(
+        keys.peer_actions("conversation", caller.tier),
+        json.dumps(caller.message("conversation.save_message", message)),
+    )

@@ -1,0 +1,43 @@
+"""Redis clients for the service: one shared client, and blocking ones.
+
+redis-py pools are fork-safe (a child opens its own connections), so one
+module-level client per process is reused by every job a worker runs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import redis
+from django.conf import settings
+
+from workers import keys
+
+
+@functools.cache
+def shared() -> redis.Redis:
+    """Return the process-wide client for short commands."""
+    return redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=keys.SOCKET_MARGIN_SECONDS * 2,
+        socket_connect_timeout=5,
+        socket_keepalive=True,
+        health_check_interval=30,
+    )
+
+
+def blocking(block_seconds: float = keys.BLOCK_SECONDS) -> redis.Redis:
+    """Return a new client whose socket outlives a wait of `block_seconds`."""
+    return redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=block_seconds + keys.SOCKET_MARGIN_SECONDS,
+        socket_connect_timeout=5,
+        socket_keepalive=True,
+        health_check_interval=30,
+    )
+
+
+@functools.cache
+def shared_blocking() -> redis.Redis:
+    """Return the process-wide client for waits of at most BLOCK_SECONDS."""
+    return blocking()

@@ -1,0 +1,35 @@
+"""The RQ worker class the service runs: JSON jobs only, Django set up once.
+
+Django is loaded in the worker process (by `manage.py rqworker`), so each
+forked work-horse starts warm; database connections are closed before every
+fork so parent and child never share a socket.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import connections
+from rq.serializers import JSONSerializer
+from rq.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+class ExecutionWorker(Worker):
+    def __init__(self, *args, **kwargs) -> None:
+        # Jobs carry only an execution id: JSON is enough, and unlike pickle
+        # it cannot smuggle code into the worker.
+        kwargs["serializer"] = JSONSerializer
+        super().__init__(*args, **kwargs)
+
+    def fork_work_horse(self, job, queue) -> None:
+        connections.close_all()
+        super().fork_work_horse(job, queue)
+
+    def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:
+        """End the execution of a work-horse that died (SIGKILL, OOM) without reporting."""
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        from workers.jobs import close_abandoned
+
+        close_abandoned(job.id, f"the work-horse died (exit status {ret_val})")

@@ -1,0 +1,89 @@
+"""Starts RQ worker processes and keeps them running."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+# Seconds a stopping worker may take to finish its job before it is killed.
+STOP_GRACE_SECONDS = 30
+# Seconds between restarts of a worker that keeps dying.
+RESTART_BACKOFF_SECONDS = 2.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # A worker whose supervisor was SIGKILLed gets SIGTERM: RQ's warm
+    # shutdown finishes the job in hand and exits, so no worker is orphaned.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class WorkerPool:
+    """N `manage.py rqworker` processes serving the tier queues in priority order."""
+
+    def __init__(self, count: int, queues: list[str], *, burst: bool = False) -> None:
+        self.count = count
+        self.queues = queues
+        self.burst = burst
+        self.processes: list[subprocess.Popen | None] = [None] * count
+        self._restart_after = [0.0] * count
+
+    def command(self) -> list[str]:
+        manage = Path(settings.BASE_DIR) / "manage.py"
+        command = [sys.executable, str(manage), "rqworker", *self.queues]
+        if self.burst:
+            command.append("--burst")
+        return command
+
+    def start(self) -> None:
+        for slot in range(self.count):
+            self._spawn(slot)
+
+    def _spawn(self, slot: int) -> None:
+        self.processes[slot] = subprocess.Popen(self.command(), preexec_fn=_die_with_parent)
+        log.info("started RQ worker pid %d", self.processes[slot].pid)
+
+    def supervise(self) -> None:
+        """Restart workers that died (not in burst mode, where exiting is the point)."""
+        now = time.monotonic()
+        for slot, process in enumerate(self.processes):
+            if process is None or process.poll() is None or self.burst:
+                continue
+            if now < self._restart_after[slot]:
+                continue
+            log.warning(
+                "RQ worker pid %d exited with %s; restarting", process.pid, process.returncode
+            )
+            self._restart_after[slot] = now + RESTART_BACKOFF_SECONDS
+            self._spawn(slot)
+
+    def running(self) -> bool:
+        return any(p is not None and p.poll() is None for p in self.processes)
+
+    def wait(self) -> None:
+        for process in self.processes:
+            if process is not None:
+                process.wait()
+
+    def stop(self) -> None:
+        """Warm-stop every worker (SIGTERM), then kill what is left after the grace period."""
+        live = [p for p in self.processes if p is not None and p.poll() is None]
+        for process in live:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for process in live:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("RQ worker pid %d did not stop in time; killing it", process.pid)
+                process.kill()
+                process.wait()

@@ -52,6 +52,7 @@ class Consumer:
         """Consume until stopped; with `burst`, until every tier list is empty."""
         log.info("consumer %s serving %s", self.id, ", ".join(self.tiers))
         self._heartbeat()
+        self.recover_dead_consumers()
         if not burst:
             self._intakes = {tier: TierIntake(self.id, tier, self._wake) for tier in self.tiers}
             for intake in self._intakes.values():

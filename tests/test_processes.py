@@ -1,0 +1,149 @@
+"""`run_execution_worker` as real processes: runs, kills, restarts, clean stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from django.db import connection, transaction
+
+from executions.models import Execution
+from tests.conftest import agent_run, callbacks, consume, push, subprocess_env, work
+from workers import keys
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 20.0, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+def start_service(*args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "run_execution_worker", *args],
+        cwd=ROOT,
+        env=subprocess_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def end(process: subprocess.Popen) -> str:
+    """Kill `process` by its PID if it still runs; return its output."""
+    if process.poll() is None:
+        process.kill()
+    output, _ = process.communicate(timeout=30)
+    return output
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def rq_worker_pids(redis) -> set[int]:
+    pids = set()
+    for key in redis.smembers("rq:workers"):
+        pid = redis.hget(key, "pid")
+        if pid:
+            pids.add(int(pid))
+    return {pid for pid in pids if pid_alive(pid)}
+
+
+def test_burst_runs_a_pushed_message_to_a_completed_callback(peers, llm):
+    message = agent_run(message="ping")
+    push(message)
+    service = start_service("--burst", "--rq-workers", "1", OPENAI_BASE_URL=llm.url)
+    try:
+        assert service.wait(timeout=60) == 0
+    finally:
+        output = end(service)
+    sent = callbacks()
+    assert [c["data"]["status"] for c in sent] == ["completed"], output
+    assert sent[0]["data"]["response"] == "(stand-in) You said: ping"
+    assert Execution.objects.get(action_id=message["action_id"]).status == "completed"
+
+
+def test_sigterm_stops_the_service_and_its_rq_workers(redis):
+    service = start_service("--rq-workers", "2")
+    try:
+        pids = wait_until(
+            lambda: len(rq_worker_pids(redis)) == 2 and rq_worker_pids(redis), what="two RQ workers"
+        )
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=45) == 0
+        wait_until(lambda: not any(pid_alive(pid) for pid in pids), what="workers to exit")
+        assert redis.smembers(keys.CONSUMERS) == set()
+    finally:
+        end(service)
+
+
+def test_a_dead_rq_worker_is_replaced(redis):
+    service = start_service("--rq-workers", "1")
+    try:
+        (first,) = wait_until(lambda: rq_worker_pids(redis), what="an RQ worker")
+        os.kill(first, signal.SIGKILL)
+        replacement = wait_until(lambda: rq_worker_pids(redis) - {first}, what="a new worker")
+        assert first not in replacement
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=45)
+        end(service)
+
+
+def _hold_execution_table_lock():
+    """Start a transaction that keeps other processes from inserting executions."""
+    atomic = transaction.atomic()
+    atomic.__enter__()
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("LOCK TABLE executions_execution IN EXCLUSIVE MODE")
+        else:  # SQLite: any write takes the database's write lock.
+            cursor.execute("UPDATE executions_execution SET status = status WHERE 1 = 0")
+    return atomic
+
+
+def test_consumer_killed_before_acknowledging_loses_nothing_and_runs_once(peers, llm, redis):
+    message = agent_run()
+    push(message)
+    lock = _hold_execution_table_lock()
+    service = start_service("--rq-workers", "0", AES_CONSUMER_HEARTBEAT_TTL="2")
+    try:
+        # The consumer took the message and is stuck recording it: kill it there.
+        held = wait_until(lambda: redis.keys("execution:processing:*"), what="a taken message")
+        assert redis.llen(keys.actions("free")) == 0
+        service.send_signal(signal.SIGKILL)
+        service.wait(timeout=10)
+    finally:
+        lock.__exit__(None, None, None)
+        end(service)
+    assert Execution.objects.count() == 0
+    assert redis.llen(held[0]) == 1
+
+    wait_until(lambda: not redis.keys("execution:consumer:*:alive"), what="heartbeat expiry")
+    consume()  # a restarted consumer recovers the message and records it
+    work()
+    assert Execution.objects.filter(action_id=message["action_id"]).count() == 1
+    assert [c["data"]["status"] for c in callbacks()] == ["completed"]
+    assert redis.keys("execution:processing:*") == []

@@ -87,6 +87,9 @@ def start() -> str:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
+            # Its own session: a Ctrl-C for the whole process group must not
+            # stop the server before the processes using it have shut down.
+            start_new_session=True,
         )
         if _wait_until_listening(port, process):
             atexit.register(_stop, process)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.db import connection
 from django.http import JsonResponse
 from django_filters import rest_framework as filters
-from rest_framework import viewsets
+from rest_framework import pagination, viewsets
 
 from executions.models import Execution
 from executions.serializers import ExecutionDetailSerializer, ExecutionSerializer
@@ -15,11 +15,16 @@ class ExecutionFilter(filters.FilterSet):
         fields = ["tenant_id", "session_id", "agent_id", "status", "tier", "task_id"]
 
 
+class NewestFirst(pagination.CursorPagination):
+    # A cursor stays stable while new runs arrive, unlike page numbers.
+    ordering = ("-queued_at", "-id")
+
+
 class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
     """Executions, newest first, with their steps on the detail route."""
 
     filterset_class = ExecutionFilter
-    ordering = "-queued_at"
+    pagination_class = NewestFirst
 
     def get_queryset(self):
         # The one place that decides what a caller may see; tenant-scoped

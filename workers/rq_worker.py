@@ -13,6 +13,10 @@ from django.db import connections
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
+# Imported here, in the worker process, so every forked work-horse starts with
+# the job module (and openai, pydantic, the models) already loaded.
+from workers.jobs import close_abandoned
+
 log = logging.getLogger(__name__)
 
 
@@ -30,6 +34,4 @@ class ExecutionWorker(Worker):
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:
         """End the execution of a work-horse that died (SIGKILL, OOM) without reporting."""
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
-        from workers.jobs import close_abandoned
-
         close_abandoned(job.id, f"the work-horse died (exit status {ret_val})")

@@ -122,6 +122,8 @@ AES_DEFAULT_MODEL = env_str("AES_DEFAULT_MODEL", "gpt-4o-mini")
 
 # Seconds a pseudo-synchronous request to AMS or CS waits for its reply.
 AES_PEER_TIMEOUT_SECONDS = env_float("AES_PEER_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+# Seconds a tool waits for its ES/QS callback (never past the run's deadline).
+AES_TOOL_TIMEOUT_SECONDS = env_float("AES_TOOL_TIMEOUT_SECONDS", 30.0, minimum=0.1)
 # Seconds a tier row is served from the in-process cache before re-reading.
 AES_TIER_CACHE_SECONDS = env_float("AES_TIER_CACHE_SECONDS", 5.0)
 # Seconds a consumer's heartbeat stays valid; a consumer silent for longer

@@ -81,16 +81,19 @@ class LoopResult:
         }
 
 
-Complete = Callable[[list[dict[str, Any]], list[dict[str, Any]], float], Completion]
+# (messages, tool schemas, timeout seconds, max completion tokens) -> Completion
+Complete = Callable[[list[dict[str, Any]], list[dict[str, Any]], float, int | None], Completion]
 
 
 @dataclass
 class AgentLoop:
-    complete: Complete  # (messages, tool schemas, timeout seconds) -> Completion
+    complete: Complete
     tools: dict[str, Tool]
     max_iterations: int
     deadline: float  # on `clock`
     record: Callable[[Step], None]
+    max_call_tokens: int | None = None  # completion tokens one call may spend
+    max_run_tokens: int | None = None  # prompt plus completion tokens for the run
     clock: Callable[[], float] = time.monotonic
 
     def run(self, messages: list[dict[str, Any]]) -> LoopResult:
@@ -118,6 +121,16 @@ class AgentLoop:
             error.partial = result
             raise
 
+    def _call_tokens(self, result: LoopResult) -> int | None:
+        if self.max_run_tokens is None:
+            return self.max_call_tokens
+        left = self.max_run_tokens - result.usage["total_tokens"]
+        if left <= 0:
+            # No code names a spent token budget; it is a limit reached
+            # without a final answer, like the iteration limit.
+            raise MaxIterations(f"the run's token budget of {self.max_run_tokens} is spent")
+        return left if self.max_call_tokens is None else min(left, self.max_call_tokens)
+
     def _remaining(self) -> float:
         remaining = self.deadline - self.clock()
         if remaining <= 0:
@@ -128,7 +141,7 @@ class AgentLoop:
         self, messages: list[dict[str, Any]], schemas: list[dict[str, Any]], result: LoopResult
     ) -> Completion:
         began = self.clock()
-        completion = self.complete(messages, schemas, self._remaining())
+        completion = self.complete(messages, schemas, self._remaining(), self._call_tokens(result))
         result.iterations += 1
         result.prompt_tokens += completion.prompt_tokens
         result.completion_tokens += completion.completion_tokens

@@ -32,6 +32,10 @@ class TierInsufficient(RunError):
     code, status = "TIER_INSUFFICIENT", "rejected"
 
 
+class RateLimited(RunError):
+    code, status = "RATE_LIMITED", "rejected"
+
+
 class UpstreamTimeout(RunError):
     code = "UPSTREAM_TIMEOUT"
 

@@ -137,11 +137,23 @@ def consume() -> Consumer:
 
 
 def work() -> None:
-    """Run every queued RQ job in this process, tiers in priority order."""
-    queues = [django_rq.get_queue(tier) for tier in TIERS]
-    SimpleWorker(queues, connection=queues[0].connection, serializer=queues[0].serializer).work(
-        burst=True
-    )
+    """Run every queued RQ job in this process, tiers in priority order.
+
+    A consumer runs beside it in a thread to route the ES and QS callbacks
+    the jobs wait for, as `run_execution_worker` does in production.
+    """
+    router = Consumer(TIERS)
+    thread = threading.Thread(target=router.run, name="callback-router", daemon=True)
+    thread.start()
+    try:
+        queues = [django_rq.get_queue(tier) for tier in TIERS]
+        worker = SimpleWorker(
+            queues, connection=queues[0].connection, serializer=queues[0].serializer
+        )
+        worker.work(burst=True)
+    finally:
+        router.stop()
+        thread.join(timeout=15)
 
 
 def callbacks(queue: str = "test:callbacks") -> list[dict[str, Any]]:

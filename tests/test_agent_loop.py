@@ -14,9 +14,11 @@ class ScriptedModel:
     def __init__(self, *answers: Completion) -> None:
         self.answers = list(answers)
         self.calls: list[list[dict]] = []
+        self.max_tokens: list[int | None] = []
 
-    def __call__(self, messages, tools, timeout) -> Completion:
+    def __call__(self, messages, tools, timeout, max_tokens) -> Completion:
         self.calls.append(list(messages))
+        self.max_tokens.append(max_tokens)
         return self.answers.pop(0)
 
 
@@ -47,7 +49,7 @@ def tool_call(query: str) -> Completion:
     return Completion(content=None, tool_calls=[call], prompt_tokens=5, completion_tokens=5)
 
 
-def make_loop(model, tools=None, max_iterations=5, deadline=100.0, clock=lambda: 0.0):
+def make_loop(model, tools=None, max_iterations=5, deadline=100.0, clock=lambda: 0.0, **limits):
     steps = []
     loop = AgentLoop(
         complete=model,
@@ -56,6 +58,7 @@ def make_loop(model, tools=None, max_iterations=5, deadline=100.0, clock=lambda:
         deadline=deadline,
         record=steps.append,
         clock=clock,
+        **limits,
     )
     return loop, steps
 
@@ -136,3 +139,20 @@ def test_deadline_stops_the_loop_before_the_next_call():
         loop.run([{"role": "user", "content": "x"}])
     assert raised.value.partial.iterations == 1
     assert len(model.calls) == 1
+
+
+def test_each_call_gets_what_is_left_of_the_run_token_budget():
+    model = ScriptedModel(tool_call("a"), answer("done", tokens=10))
+    loop, _ = make_loop(
+        model, tools={"knowledge_search": EchoTool()}, max_call_tokens=512, max_run_tokens=30
+    )
+    loop.run([{"role": "user", "content": "x"}])
+    assert model.max_tokens == [30, 20]  # the tool call spent 10 of 30
+
+
+def test_a_spent_token_budget_stops_the_run_with_its_partial_result():
+    model = ScriptedModel(tool_call("a"), tool_call("b"), answer("never"))
+    loop, _ = make_loop(model, tools={"knowledge_search": EchoTool()}, max_run_tokens=20)
+    with pytest.raises(MaxIterations, match="token budget of 20"):
+        loop.run([{"role": "user", "content": "x"}])
+    assert len(model.calls) == 2

@@ -155,7 +155,7 @@ def test_messages_held_by_a_dead_consumer_are_recovered_once(redis):
     held = agent_run()
     dead = "gone-host:1:deadbeef"
     redis.sadd(keys.CONSUMERS, dead)
-    redis.lpush(keys.processing(dead, "free"), json.dumps(held))
+    redis.lpush(keys.processing(dead, keys.actions("free")), json.dumps(held))
     waiting = agent_run()
     push(waiting)
 
@@ -166,16 +166,16 @@ def test_messages_held_by_a_dead_consumer_are_recovered_once(redis):
     # The held message was older: it goes back to the head of the line.
     order = list(Execution.objects.order_by("queued_at").values_list("action_id", flat=True))
     assert order == [held["action_id"], waiting["action_id"]]
-    assert redis.exists(keys.processing(dead, "free")) == 0
+    assert redis.exists(keys.processing(dead, keys.actions("free"))) == 0
     assert not redis.sismember(keys.CONSUMERS, dead)
 
 
 def test_a_live_consumers_messages_are_left_alone(redis, settings):
     other = Consumer(["free"])
     other._heartbeat()
-    redis.lpush(keys.processing(other.id, "free"), json.dumps(agent_run()))
+    redis.lpush(keys.processing(other.id, keys.actions("free")), json.dumps(agent_run()))
     assert Consumer(["free"]).recover_dead_consumers() == 0
-    assert redis.llen(keys.processing(other.id, "free")) == 1
+    assert redis.llen(keys.processing(other.id, keys.actions("free"))) == 1
 
 
 def test_a_consumer_stopping_returns_nothing_it_has_not_handled(redis):

@@ -41,7 +41,7 @@ class Outcome:
 def envelope(
     *,
     request: dict[str, Any],
-    tier: str,
+    tier: str | None,
     data: ExecutionCallbackData,
 ) -> dict[str, Any]:
     """Return the execution.callback DomainAction answering `request` (§4)."""
@@ -104,9 +104,7 @@ def deliver(execution: Execution) -> None:
     execution.mark_callback_sent()
 
 
-def reject_unrecorded(
-    queue: str, request: dict[str, Any], tier: str, code: str, message: str
-) -> None:
+def reject_unrecorded(queue: str, request: dict[str, Any], code: str, message: str) -> None:
     """Send an error callback for a message that never became an Execution."""
     data = ExecutionCallbackData(
         execution_id=None,
@@ -116,4 +114,6 @@ def reject_unrecorded(
         else None,
         error=ErrorInfo(code=code, message=message),
     )
-    redis_client.shared().lpush(queue, json.dumps(envelope(request=request, tier=tier, data=data)))
+    tier = request.get("tenant_tier")
+    callback = envelope(request=request, tier=tier if isinstance(tier, str) else None, data=data)
+    redis_client.shared().lpush(queue, json.dumps(callback))

@@ -21,7 +21,7 @@ from django.conf import settings
 
 from tiers import lookup
 from workers import handlers, keys, redis_client
-from workers.intake import TierIntake
+from workers.intake import ListIntake, Source, sources_for
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,14 @@ class Consumer:
     def __init__(self, tiers: list[str] | None = None) -> None:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.tiers = tiers or [tier.name for tier in lookup.tiers_by_priority()]
+        self.sources = sources_for(self.tiers)
         self.redis = redis_client.shared()
         self._ttl = settings.AES_CONSUMER_HEARTBEAT_TTL
         self.stopping = threading.Event()
         self._wake = threading.Event()
-        self._intakes: dict[str, TierIntake] = {}
+        self._intakes: dict[Source, ListIntake] = {}
         self._next_heartbeat = 0.0
-        self._retry: tuple[str, bytes] | None = None
+        self._retry: tuple[Source, bytes] | None = None
         self._attempts = 0
         self.handled = 0
 
@@ -49,12 +50,12 @@ class Consumer:
         self._wake.set()
 
     def run(self, *, burst: bool = False) -> None:
-        """Consume until stopped; with `burst`, until every tier list is empty."""
+        """Consume until stopped; with `burst`, until every list is empty."""
         log.info("consumer %s serving %s", self.id, ", ".join(self.tiers))
         self._heartbeat()
         self.recover_dead_consumers()
         if not burst:
-            self._intakes = {tier: TierIntake(self.id, tier, self._wake) for tier in self.tiers}
+            self._intakes = {src: ListIntake(self.id, src, self._wake) for src in self.sources}
             for intake in self._intakes.values():
                 intake.start()
         try:
@@ -80,42 +81,45 @@ class Consumer:
     def step(self) -> bool:
         """Handle the highest-priority waiting message; return False when there is none."""
         if self._retry is not None:
-            tier, raw = self._retry
+            source, raw = self._retry
         else:
-            tier, raw = self._next()
-            if raw is None:
+            source, raw = self._next()
+            if source is None or raw is None:
                 return False
         try:
-            handlers.handle(tier, raw)
+            if source.is_callbacks:
+                handlers.handle_callback(source.tier, raw)
+            else:
+                handlers.handle(source.tier, raw)
         except Exception as exc:
             # Not bad input (handle() dead-letters that) but a failure of ours
             # or of the database: keep the message and try it again.
             self._attempts += 1
             log.exception("handling a message failed (attempt %d)", self._attempts)
             if self._attempts < MAX_ATTEMPTS:
-                self._retry = (tier, raw)
+                self._retry = (source, raw)
                 self.stopping.wait(min(2**self._attempts * 0.1, 5.0))
                 return True
-            handlers.dead_letter(tier, raw, "HANDLER_FAILED", f"{type(exc).__name__}: {exc}")
+            handlers.dead_letter(source.key, raw, "HANDLER_FAILED", f"{type(exc).__name__}: {exc}")
         self._retry, self._attempts = None, 0
         # Acknowledge only now that the message's effect is recorded.
-        self.redis.lrem(keys.processing(self.id, tier), 1, raw)
+        self.redis.lrem(keys.processing(self.id, source.key), 1, raw)
         self.handled += 1
         return True
 
-    def _next(self) -> tuple[str, bytes | None]:
-        for tier in self.tiers:
-            raw = self._take(tier)
+    def _next(self) -> tuple[Source | None, bytes | None]:
+        for source in self.sources:
+            raw = self._take(source)
             if raw is not None:
-                return tier, raw
-        return "", None
+                return source, raw
+        return None, None
 
-    def _take(self, tier: str) -> bytes | None:
-        intake = self._intakes.get(tier)
+    def _take(self, source: Source) -> bytes | None:
+        intake = self._intakes.get(source)
         held = intake.take_held() if intake else None
         if held is not None:
             return held
-        return self.redis.lmove(keys.actions(tier), keys.processing(self.id, tier), "RIGHT", "LEFT")
+        return self.redis.lmove(source.key, keys.processing(self.id, source.key), "RIGHT", "LEFT")
 
     def _wait_for_work(self) -> None:
         self._wake.clear()
@@ -146,16 +150,16 @@ class Consumer:
         return recovered
 
     def _return_messages(self, consumer_id: str) -> int:
-        """Move a consumer's processing lists back to the consuming end of the tier lists.
+        """Move a consumer's processing lists back to the consuming end of their lists.
 
         Newest first, each to the right end, so the oldest is taken first
         again, in its original order. LMOVE is atomic: two consumers
         recovering the same list cannot duplicate a message.
         """
         count = 0
-        for tier in self.tiers:
-            source = keys.processing(consumer_id, tier)
-            while self.redis.lmove(source, keys.actions(tier), "LEFT", "RIGHT") is not None:
+        for source in self.sources:
+            held = keys.processing(consumer_id, source.key)
+            while self.redis.lmove(held, source.key, "LEFT", "RIGHT") is not None:
                 count += 1
         return count
 

@@ -16,8 +16,16 @@ from pydantic import ValidationError
 
 from executions.models import Execution, Status
 from tiers import lookup
-from workers import callbacks, jobs, keys, redis_client
-from workers.protocol import AGENT_RUN, AgentRunData, DomainAction, describe, now_iso
+from workers import callbacks, gates, jobs, keys, peers, redis_client
+from workers.protocol import (
+    AGENT_RUN,
+    EMBEDDING_CALLBACK,
+    QUERY_CALLBACK,
+    AgentRunData,
+    DomainAction,
+    describe,
+    now_iso,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +59,48 @@ def handle(tier: str, raw: bytes) -> None:
             raise Refused("INVALID_ACTION", f"unknown action_type {action.action_type!r}")
         handler(tier, action, raw)
     except Refused as refusal:
-        dead_letter(tier, raw, refusal.code, refusal.message)
+        dead_letter(keys.actions(tier), raw, refusal.code, refusal.message)
 
 
-def dead_letter(tier: str, raw: bytes, code: str, message: str) -> None:
+def handle_callback(tier: str, raw: bytes) -> None:
+    """Hand an ES or QS callback to the run waiting for it, or drop it (§7)."""
+    source = keys.callbacks(tier)
+    if len(raw) > settings.AES_MAX_MESSAGE_BYTES:
+        dead_letter(source, raw, "MESSAGE_TOO_LARGE", f"callback of {len(raw)} bytes")
+        return
+    try:
+        callback = DomainAction.model_validate_json(raw)
+    except ValidationError as exc:
+        dead_letter(source, raw, "INVALID_ACTION", describe(exc))
+        return
+    if callback.action_type not in (EMBEDDING_CALLBACK, QUERY_CALLBACK):
+        dead_letter(source, raw, "INVALID_ACTION", f"unexpected {callback.action_type!r}")
+        return
+    if not callback.correlation_id or not peers.route_callback(callback.correlation_id, raw):
+        log.info(
+            "dropped %s for %s: no run waits for correlation_id %s",
+            callback.action_type,
+            callback.task_id,
+            callback.correlation_id,
+        )
+
+
+def dead_letter(queue: str, raw: bytes, code: str, message: str) -> None:
     """Record a refused message for operators and tell its sender, if we can."""
     text = raw.decode("utf-8", errors="replace")
     entry = {
         "raw": text[:DEAD_LETTER_RAW_CHARS],
         "truncated": len(text) > DEAD_LETTER_RAW_CHARS,
         "error": {"code": code, "message": message},
-        "queue": keys.actions(tier),
+        "queue": queue,
         "received_at": now_iso(),
     }
     redis_client.shared().lpush(keys.DEAD_LETTER, json.dumps(entry))
-    log.warning("dead-lettered a message from %s: %s %s", keys.actions(tier), code, message)
+    log.warning("dead-lettered a message from %s: %s %s", queue, code, message)
     request = _readable_object(raw)
-    queue = request.get("callback_queue") if request else None
-    if isinstance(queue, str) and queue:
-        callbacks.reject_unrecorded(queue, request, tier, "INVALID_ACTION", message)
+    callback_queue = request.get("callback_queue") if request else None
+    if isinstance(callback_queue, str) and callback_queue:
+        callbacks.reject_unrecorded(callback_queue, request, "INVALID_ACTION", message)
 
 
 def _readable_object(raw: bytes) -> dict[str, Any] | None:
@@ -118,6 +149,9 @@ def _agent_run(tier: str, action: DomainAction, raw: bytes) -> None:
     )
     if not created:
         log.info("action %s seen before: execution %s", action.action_id, execution.id)
+    if execution.session_id:
+        # Runs of a session start in the order they were recorded.
+        gates.join_session(execution.tenant_id, execution.session_id, str(execution.id))
     if created or execution.status == Status.QUEUED:
         jobs.enqueue(execution)
 

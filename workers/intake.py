@@ -1,13 +1,13 @@
-"""Reliable, prioritised, blocking intake from the tier action lists.
+"""Reliable, prioritised, blocking intake from the lists the consumer serves.
 
 Redis cannot block on several lists and move reliably at once (BLMPOP
 removes the message, BLMOVE reads one list, blocking commands do not block
-inside MULTI or Lua). So each tier has an intake thread on its own
-connection that, while armed, BLMOVEs one message from the tier's list into
-the consumer's processing list for that tier and hands it over. The consumer
-itself first tries a non-blocking LMOVE on every tier, highest first, and
-arms the threads only when all lists are empty: strict priority while work
-waits, one blocked read per tier while idle, and every message sits in a
+inside MULTI or Lua). So each list has an intake thread on its own
+connection that, while armed, BLMOVEs one message from the list into the
+consumer's processing list for it and hands it over. The consumer itself
+first tries a non-blocking LMOVE on every list, in priority order, and arms
+the threads only when all lists are empty: strict priority while work
+waits, one blocked read per list while idle, and every message sits in a
 processing list until it is acknowledged.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 
 import redis
 
@@ -23,14 +24,36 @@ from workers import keys, redis_client
 log = logging.getLogger(__name__)
 
 
-class TierIntake(threading.Thread):
-    """Moves at most one message at a time from a tier's list, while armed."""
+@dataclass(frozen=True)
+class Source:
+    """One list the consumer serves: a tier's actions or its callbacks."""
 
-    def __init__(self, consumer_id: str, tier: str, wake: threading.Event) -> None:
-        super().__init__(name=f"intake-{tier}", daemon=True)
-        self.tier = tier
-        self.source = keys.actions(tier)
-        self.target = keys.processing(consumer_id, tier)
+    tier: str
+    key: str
+
+    @property
+    def is_callbacks(self) -> bool:
+        return self.key == keys.callbacks(self.tier)
+
+
+def sources_for(tiers: list[str]) -> list[Source]:
+    """Return the lists to serve, in priority order.
+
+    Callbacks first: each one unblocks a run that is already under way and
+    costs one Redis call; then the action lists, highest tier first.
+    """
+    return [Source(t, keys.callbacks(t)) for t in tiers] + [
+        Source(t, keys.actions(t)) for t in tiers
+    ]
+
+
+class ListIntake(threading.Thread):
+    """Moves at most one message at a time from one list, while armed."""
+
+    def __init__(self, consumer_id: str, source: Source, wake: threading.Event) -> None:
+        super().__init__(name=f"intake-{source.key}", daemon=True)
+        self.source = source.key
+        self.target = keys.processing(consumer_id, source.key)
         self.armed = threading.Event()
         self.stopping = threading.Event()
         self.held: bytes | None = None
@@ -59,7 +82,7 @@ class TierIntake(threading.Thread):
                 )
             except redis.RedisError as exc:
                 self._client_id = None
-                log.warning("intake %s: %s; retrying", self.tier, exc)
+                log.warning("intake %s: %s; retrying", self.source, exc)
                 self.stopping.wait(1.0)
                 continue
             if raw is not None:

@@ -29,8 +29,9 @@ def responses(correlation_id: str) -> str:
     return f"execution:responses:{correlation_id}"
 
 
-def processing(consumer_id: str, tier: str) -> str:
-    return f"execution:processing:{consumer_id}:{tier}"
+def processing(consumer_id: str, source: str) -> str:
+    """The consumer's processing list for messages taken from list `source`."""
+    return f"execution:processing:{consumer_id}:{source}"
 
 
 def consumer_alive(consumer_id: str) -> str:

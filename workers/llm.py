@@ -27,10 +27,15 @@ def _client(base_url: str | None, api_key: str | None) -> openai.OpenAI:
     )
 
 
-def completer(*, model: str, temperature: float | None, max_tokens: int | None) -> Complete:
+def completer(*, model: str, temperature: float | None) -> Complete:
     """Return the agent loop's `complete` function for one agent's settings."""
 
-    def complete(messages: list[dict[str, Any]], tools: list[dict[str, Any]], timeout: float):
+    def complete(
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        timeout: float,
+        max_tokens: int | None,
+    ) -> Completion:
         kwargs: dict[str, Any] = {"model": model, "messages": messages, "timeout": timeout}
         if tools:
             kwargs["tools"] = tools

@@ -13,7 +13,14 @@ from pydantic import ValidationError
 
 from executions.exceptions import AgentNotFound, UpstreamError, UpstreamTimeout
 from workers import keys, redis_client
-from workers.protocol import AgentConfig, DomainActionResponse, HistoryMessage, new_id, outgoing
+from workers.protocol import (
+    AgentConfig,
+    DomainAction,
+    DomainActionResponse,
+    HistoryMessage,
+    new_id,
+    outgoing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,3 +181,71 @@ def save_message(caller: Caller, message: dict, *, wait: bool, deadline: float) 
         keys.peer_actions("conversation", caller.tier),
         json.dumps(caller.message("conversation.save_message", message)),
     )
+
+
+# Routes a callback to the run waiting for it, only while one waits: a late
+# or unmatched callback creates no key.
+_ROUTE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+def _waiting_key(correlation_id: str) -> str:
+    return f"execution:waiting:{correlation_id}"
+
+
+def route_callback(correlation_id: str, raw: bytes) -> bool:
+    """Hand a callback to the run waiting on `correlation_id`; False if none waits."""
+    return bool(
+        redis_client.shared().eval(
+            _ROUTE,
+            2,
+            _waiting_key(correlation_id),
+            keys.responses(correlation_id),
+            raw,
+            keys.REPLY_TTL_SECONDS,
+        )
+    )
+
+
+def call_async(caller: Caller, service: str, action_type: str, data: dict, timeout: float) -> dict:
+    """Send a request answered on the shared callbacks list (§7); return its data.
+
+    The consumer takes the callback from `execution:{tier}:callbacks` and
+    routes it here through Redis by correlation id, so the waiting job may
+    be in any process on any machine.
+    """
+    if timeout <= 0:
+        raise UpstreamTimeout(f"{action_type}: no time left to wait for an answer")
+    correlation_id = new_id()
+    waiting = _waiting_key(correlation_id)
+    client = redis_client.shared()
+    message = caller.message(
+        action_type,
+        data,
+        correlation_id=correlation_id,
+        callback_queue=keys.callbacks(caller.tier),
+    )
+    with client.pipeline(transaction=False) as pipe:
+        pipe.set(waiting, "1", ex=max(1, int(timeout) + keys.SOCKET_MARGIN_SECONDS))
+        pipe.lpush(keys.peer_actions(service, caller.tier), json.dumps(message))
+        pipe.execute()
+    try:
+        raw = wait_for(keys.responses(correlation_id), timeout)
+    finally:
+        client.delete(waiting, keys.responses(correlation_id))
+    if raw is None:
+        raise UpstreamTimeout(f"{action_type}: no callback within {timeout:.1f}s")
+    try:
+        callback = DomainAction.model_validate_json(raw)
+    except ValidationError:
+        raise UpstreamError(f"{action_type}: malformed callback") from None
+    error = callback.data.get("error") or (callback.error.model_dump() if callback.error else None)
+    if callback.success is False or error:
+        code = error.get("code", "UNKNOWN") if isinstance(error, dict) else "UNKNOWN"
+        detail = error.get("message", "") if isinstance(error, dict) else ""
+        raise UpstreamError(f"{action_type} failed: {code} {detail}".strip(), code)
+    return callback.data

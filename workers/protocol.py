@@ -18,6 +18,8 @@ GET_AGENT_CONFIG = "execution.management.get_agent_config"
 GET_HISTORY = "execution.conversation.get_history"
 GET_CONTEXT = "execution.conversation.get_context"
 EXECUTION_CALLBACK = "execution.callback"
+EMBEDDING_CALLBACK = "embedding.callback"
+QUERY_CALLBACK = "query.callback"
 
 
 def new_id() -> str:

@@ -1,0 +1,180 @@
+"""The body of one run: agent, checks, history, the agent loop, saved messages."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Any
+
+from django.conf import settings
+from rq.timeouts import JobTimeoutException
+
+from executions.agent_loop import AgentLoop, Step
+from executions.exceptions import (
+    AgentInactive,
+    ExecutionTimeout,
+    RateLimited,
+    RunError,
+    TierInsufficient,
+    UpstreamTimeout,
+)
+from executions.models import Execution
+from tiers import lookup
+from workers import gates, llm, peers, tools
+from workers.callbacks import Outcome
+from workers.protocol import AgentConfig, AgentRunData
+
+log = logging.getLogger(__name__)
+
+
+def run(execution: Execution) -> Outcome:
+    """Run a started execution and return how it ended; never raises."""
+    limits: dict[str, Any] = execution.limits
+    data = AgentRunData.model_validate(execution.request["data"])
+    timeout = min(limits["timeout_seconds"], data.timeout or math.inf)
+    deadline = time.monotonic() + timeout
+    caller = peers.Caller(
+        task_id=execution.task_id,
+        tenant_id=execution.tenant_id,
+        tier=execution.tier,
+        session_id=execution.session_id,
+    )
+    result = None
+    try:
+        if not gates.within_rate(
+            execution.tenant_id, limits["rate_limit_per_minute"], limits["rate_limit_per_day"]
+        ):
+            raise RateLimited(f"tenant {execution.tenant_id!r} is over its tier's rate limit")
+        agent = peers.get_agent_config(
+            caller, execution.agent_id, limits["agent_config_cache_ttl"], deadline
+        )
+        _check_permissions(execution, agent)
+        history = []
+        if execution.session_id:
+            history = peers.get_history(
+                caller,
+                execution.session_id,
+                limits["max_history_messages"],
+                limits["history_cache_ttl"],
+                deadline,
+            )
+        context = (execution.request.get("execution_context") or {}).get("collections")
+        toolset, notes = tools.build(
+            tools.ToolContext(caller, agent, agent.collection_ids or context or []),
+            limits["max_tools"],
+        )
+        for note in notes:
+            record(execution, note)
+        loop = AgentLoop(
+            complete=llm.completer(
+                model=agent.model or settings.AES_DEFAULT_MODEL, temperature=agent.temperature
+            ),
+            tools=toolset,
+            max_iterations=min(limits["max_iterations"], data.max_iterations or math.inf),
+            deadline=deadline,
+            record=lambda step: record(execution, step),
+            max_call_tokens=min(agent.max_tokens or limits["max_tokens"], limits["max_tokens"]),
+            max_run_tokens=limits["max_tokens"],
+        )
+        result = loop.run(_prompt(agent, data, history))
+        _save_messages(execution, caller, data, result.response, limits, deadline)
+        return Outcome(
+            status="completed",
+            response=result.response,
+            iterations=result.iterations,
+            usage=result.usage,
+            tool_calls=result.tool_calls,
+            sources=result.sources,
+            agent_id=agent.agent_id,
+        )
+    except (RunError, JobTimeoutException) as error:
+        if isinstance(error, JobTimeoutException) or (
+            isinstance(error, UpstreamTimeout) and time.monotonic() >= deadline
+        ):
+            error = ExecutionTimeout(f"the run's deadline of {timeout}s passed")
+        return _partial(error, error.partial or result)
+    except Exception as exc:
+        log.exception("execution %s crashed", execution.id)
+        return Outcome(status="failed", error_code="INTERNAL", error_message=type(exc).__name__)
+
+
+def _partial(error: RunError, partial: Any) -> Outcome:
+    """Return the outcome of a stopped run, keeping what it had produced."""
+    if partial is None:
+        return Outcome.from_error(error)
+    return Outcome.from_error(
+        error,
+        response=partial.response,
+        iterations=partial.iterations,
+        usage=partial.usage,
+        tool_calls=partial.tool_calls,
+        sources=partial.sources,
+    )
+
+
+def _check_permissions(execution: Execution, agent: AgentConfig) -> None:
+    if not agent.is_active:
+        raise AgentInactive(f"agent {agent.agent_id!r} is not active")
+    tenant_tier = lookup.get_tier(execution.tier)
+    minimum = lookup.get_tier(agent.minimum_tier)
+    if minimum is None or tenant_tier is None or not tenant_tier.reaches(minimum):
+        raise TierInsufficient(
+            f"agent {agent.agent_id!r} needs tier {agent.minimum_tier!r} or higher"
+        )
+
+
+def _prompt(agent: AgentConfig, data: AgentRunData, history: list) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    if agent.system_prompt:
+        messages.append({"role": "system", "content": agent.system_prompt})
+    if data.user_info:
+        messages.append(
+            {"role": "system", "content": "About the user: " + json.dumps(data.user_info)}
+        )
+    messages.extend({"role": m.role, "content": m.content} for m in history)
+    messages.append({"role": "user", "content": data.message})
+    return messages
+
+
+def record(execution: Execution, step: Step) -> None:
+    """Store one step of the loop as an ExecutionStep."""
+    execution.add_step(
+        step.kind,
+        step.name,
+        input=step.input,
+        output=step.output,
+        error=step.error,
+        prompt_tokens=step.prompt_tokens,
+        completion_tokens=step.completion_tokens,
+        duration_ms=step.duration_ms,
+    )
+
+
+def _save_messages(
+    execution: Execution,
+    caller: peers.Caller,
+    data: AgentRunData,
+    response: str | None,
+    limits: dict[str, Any],
+    deadline: float,
+) -> None:
+    if not execution.session_id:
+        return
+    saved = []
+    for role, content in (("user", data.message), ("assistant", response)):
+        if content is None:
+            continue
+        message = {
+            "session_id": execution.session_id,
+            "role": role,
+            "content": content,
+            "message_type": data.message_type,
+            "agent_id": execution.agent_id,
+            "task_id": execution.task_id,
+            "metadata": {"execution_id": str(execution.id)},
+        }
+        peers.save_message(caller, message, wait=limits["wait_for_persistence"], deadline=deadline)
+        saved.append({"role": role, "content": content})
+    peers.append_to_history(caller, execution.session_id, saved, limits["max_history_messages"])

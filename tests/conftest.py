@@ -66,9 +66,11 @@ def llm(llm_server: LLMStandin, settings) -> LLMStandin:
 class PeersHandle:
     """Runs the dev peers in a thread; `silent` services never answer."""
 
-    def __init__(self, silent: frozenset[str] = frozenset()) -> None:
+    def __init__(self, silent: frozenset[str] = frozenset(), delay_seconds: float = 0.0) -> None:
         self.fixture = load_fixture()
-        self.peers = DevPeers(redis_client.shared(), TIERS, self.fixture, silent=silent)
+        self.peers = DevPeers(
+            redis_client.shared(), TIERS, self.fixture, silent=silent, delay_seconds=delay_seconds
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.peers.serve, args=(self._stop,), daemon=True)
         self._thread.start()
@@ -87,11 +89,11 @@ def peers() -> Iterator[PeersHandle]:
 
 @pytest.fixture
 def start_peers() -> Iterator[Any]:
-    """Start peers with options: start_peers(silent={"management"})."""
+    """Start peers with options: start_peers(silent={"management"}, delay_seconds=1)."""
     started: list[PeersHandle] = []
 
-    def start(silent: set[str] | frozenset[str] = frozenset()) -> PeersHandle:
-        handle = PeersHandle(frozenset(silent))
+    def start(silent: set[str] | frozenset[str] = frozenset(), delay_seconds=0.0) -> PeersHandle:
+        handle = PeersHandle(frozenset(silent), delay_seconds)
         started.append(handle)
         return handle
 
@@ -122,6 +124,16 @@ def agent_run(
         "data": {"agent_id": agent_id, "message": message, **data},
         "metadata": {"origin": "tests"},
     }
+
+
+def run_one(message: dict[str, Any], tier: str | None = None) -> Any:
+    """Push one run, consume it, run its job; return its Execution, reloaded."""
+    from executions.models import Execution
+
+    push(message, tier or message["tenant_tier"])
+    consume()
+    work()
+    return Execution.objects.get(action_id=message["action_id"])
 
 
 def push(message: dict[str, Any] | bytes | str, tier: str = "free") -> None:
@@ -180,3 +192,14 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["REDIS_URL"] = settings.REDIS_URL
     env.update(extra)
     return env
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    """Wait until `condition()` is true, failing the test after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.05)

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from executions.exceptions import RunError
 from executions.models import Execution
-from workers import redis_client
+from workers import metrics, redis_client
 from workers.protocol import EXECUTION_CALLBACK, ErrorInfo, ExecutionCallbackData, new_id, now_iso
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ def conclude(execution: Execution, outcome: Outcome) -> bool:
     )
     if won:
         deliver(execution)
+        metrics.record(execution)
     return won
 
 

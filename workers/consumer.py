@@ -20,7 +20,7 @@ import redis
 from django.conf import settings
 
 from tiers import lookup
-from workers import handlers, keys, redis_client
+from workers import handlers, keys, proxy, redis_client
 from workers.intake import ListIntake, Source, sources_for
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,7 @@ class Consumer:
     def _shutdown(self) -> None:
         for intake in self._intakes.values():
             intake.stop(self.redis)
+        proxy.shutdown()
         try:
             returned = self._return_messages(self.id)
             if returned:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from executions.models import Execution, Status
 from tiers import lookup
-from workers import callbacks, gates, jobs, keys, peers, redis_client
+from workers import callbacks, gates, jobs, keys, peers, proxy, redis_client
 from workers.protocol import (
     AGENT_RUN,
     EMBEDDING_CALLBACK,
@@ -156,4 +156,15 @@ def _agent_run(tier: str, action: DomainAction, raw: bytes) -> None:
         jobs.enqueue(execution)
 
 
-HANDLERS = {AGENT_RUN: _agent_run}
+def _proxy(tier: str, action: DomainAction, raw: bytes) -> None:
+    if not (action.correlation_id and action.callback_queue):
+        raise Refused(
+            "INVALID_ACTION", f"{action.action_type} needs correlation_id and callback_queue"
+        )
+    proxy.submit(tier, action)
+
+
+HANDLERS = {
+    AGENT_RUN: _agent_run,
+    **{action_type: _proxy for action_type in proxy.ANSWERS},
+}

@@ -1,0 +1,66 @@
+"""Run counters in Redis per tier and tenant, updated once per run in one round trip.
+
+`metrics:{tier}:{tenant}` is a hash: `runs`, `status:{status}`,
+`duration_ms_sum`, `prompt_tokens`, `completion_tokens`, and cumulative
+duration buckets `le:{ms}` (each run counts in every bucket at least as large
+as its duration, as Prometheus histograms do). `metrics:index` lists the
+hashes that exist. Every process and machine adds to the same counters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from executions.models import Execution
+from workers import redis_client
+
+INDEX = "metrics:index"
+# Upper bounds of the duration buckets, in milliseconds.
+BUCKETS_MS = (100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000)
+
+
+def _key(tier: str, tenant_id: str) -> str:
+    return f"metrics:{tier}:{tenant_id}"
+
+
+def record(execution: Execution) -> None:
+    """Count one finished run."""
+    key = _key(execution.tier, execution.tenant_id)
+    duration = execution.duration_ms or 0
+    with redis_client.shared().pipeline(transaction=False) as pipe:
+        pipe.sadd(INDEX, key)
+        pipe.hincrby(key, "runs", 1)
+        pipe.hincrby(key, f"status:{execution.status}", 1)
+        pipe.hincrby(key, "duration_ms_sum", duration)
+        pipe.hincrby(key, "prompt_tokens", execution.prompt_tokens)
+        pipe.hincrby(key, "completion_tokens", execution.completion_tokens)
+        for bound in BUCKETS_MS:
+            if duration <= bound:
+                pipe.hincrby(key, f"le:{bound}", 1)
+        pipe.execute()
+
+
+def read(tier: str | None = None, tenant_id: str | None = None) -> list[dict[str, Any]]:
+    """Return the counters, one entry per tier and tenant, optionally filtered."""
+    client = redis_client.shared()
+    entries = []
+    for raw_key in sorted(client.smembers(INDEX)):
+        _, key_tier, key_tenant = raw_key.decode().split(":", 2)
+        if (tier and key_tier != tier) or (tenant_id and key_tenant != tenant_id):
+            continue
+        fields = {k.decode(): int(v) for k, v in client.hgetall(raw_key).items()}
+        entries.append(
+            {
+                "tier": key_tier,
+                "tenant_id": key_tenant,
+                "runs": fields.get("runs", 0),
+                "by_status": {
+                    k.split(":", 1)[1]: v for k, v in fields.items() if k.startswith("status:")
+                },
+                "duration_ms_sum": fields.get("duration_ms_sum", 0),
+                "duration_buckets": {bound: fields.get(f"le:{bound}", 0) for bound in BUCKETS_MS},
+                "prompt_tokens": fields.get("prompt_tokens", 0),
+                "completion_tokens": fields.get("completion_tokens", 0),
+            }
+        )
+    return entries

@@ -127,19 +127,29 @@ class DevPeers:
         return [f"{service}:{tier}:actions" for tier in self.tiers for service in SERVICES]
 
     def serve(self, stop: threading.Event) -> None:
-        """Take messages until `stop` is set; each is handled in a small thread pool."""
+        """Take messages until `stop` is set; each is handled in a small thread pool.
+
+        Conversation messages are handled one at a time, in the order they
+        arrived, as a real CS keeps a session's messages in order.
+        """
         self._stop = stop
-        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="devpeers") as pool:
+        with (
+            ThreadPoolExecutor(max_workers=8, thread_name_prefix="devpeers") as pool,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="devpeers-cs") as ordered,
+        ):
             while not stop.is_set():
                 try:
                     item = self.redis.brpop(self.queues, timeout=1)
-                except redis.RedisError:
-                    logger.exception("BRPOP failed; retrying in 1 s")
+                except redis.RedisError as exc:
+                    logger.warning("BRPOP failed (%s); retrying in 1 s", exc)
                     stop.wait(1)
                     continue
                 if item is not None:
-                    pool.submit(self._handle, _text(item[0]), item[1])
+                    queue = _text(item[0])
+                    runner = ordered if queue.startswith("conversation:") else pool
+                    runner.submit(self._handle, queue, item[1])
             pool.shutdown(wait=True, cancel_futures=True)
+            ordered.shutdown(wait=True, cancel_futures=True)
 
     def start_in_thread(self) -> tuple[threading.Thread, threading.Event]:
         """Convenience for tests: serve in a daemon thread; set the event, then join."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from executions.exceptions import ExecutionTimeout, MaxIterations, RunError
+from executions.exceptions import Cancelled, ExecutionTimeout, MaxIterations, RunError
 
 SUMMARY_CHARS = 200
 
@@ -94,6 +94,8 @@ class AgentLoop:
     record: Callable[[Step], None]
     max_call_tokens: int | None = None  # completion tokens one call may spend
     max_run_tokens: int | None = None  # prompt plus completion tokens for the run
+    # Raises Cancelled when the run was cancelled; checked before every step.
+    check_cancelled: Callable[[], None] = lambda: None
     clock: Callable[[], float] = time.monotonic
 
     def run(self, messages: list[dict[str, Any]]) -> LoopResult:
@@ -132,6 +134,7 @@ class AgentLoop:
         return left if self.max_call_tokens is None else min(left, self.max_call_tokens)
 
     def _remaining(self) -> float:
+        self.check_cancelled()
         remaining = self.deadline - self.clock()
         if remaining <= 0:
             raise ExecutionTimeout("the run's deadline passed")
@@ -167,6 +170,7 @@ class AgentLoop:
         return completion
 
     def _call_tool(self, call: ToolCall, result: LoopResult) -> dict[str, Any]:
+        self._remaining()
         began = self.clock()
         error: str | None = None
         tool = self.tools.get(call.name)
@@ -184,7 +188,7 @@ class AgentLoop:
                 outcome = tool.call(arguments, self.deadline)
                 content = outcome.content
                 result.sources.extend(outcome.sources)
-            except ExecutionTimeout:
+            except (ExecutionTimeout, Cancelled):
                 raise
             except RunError as exc:
                 # The model sees the failure as the tool's result and may recover.

@@ -58,3 +58,7 @@ class ExecutionTimeout(RunError):
 
 class MaxIterations(RunError):
     code = "MAX_ITERATIONS"
+
+
+class Cancelled(RunError):
+    code, status = "CANCELLED", "cancelled"

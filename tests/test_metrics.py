@@ -12,7 +12,7 @@ pytestmark = pytest.mark.django_db
 
 def test_counters_add_up_the_runs_of_each_tier_and_tenant(peers, llm):
     completed = [run_one(agent_run()) for _ in range(2)]
-    llm.push_error(500, "down")
+    llm.push_error(400, "refused")
     failed = run_one(agent_run())
     rejected = run_one(agent_run(agent_id="no-such-bot"))
     other = run_one(agent_run(tier="enterprise"))

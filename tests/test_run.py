@@ -133,13 +133,33 @@ def test_an_ams_that_never_answers_fails_the_run_with_upstream_timeout(start_pee
     assert llm.requests == []
 
 
-def test_llm_error_fails_the_run_with_llm_error(peers, llm):
-    llm.push_error(500, "the model is on fire")
+def test_a_refused_llm_request_fails_the_run_with_llm_error_at_once(peers, llm):
+    llm.push_error(400, "bad request")
     execution, sent = run_one(agent_run())
     assert execution.status == "failed"
     assert execution.error_code == "LLM_ERROR"
-    assert "500" in execution.error_message
+    assert "400" in execution.error_message
+    assert len(llm.requests) == 1
     assert sent[0]["data"]["error"]["code"] == "LLM_ERROR"
+
+
+def test_llm_overload_and_server_errors_are_retried(peers, llm):
+    llm.push_error(429, "slow down", headers={"retry-after-ms": "20"})
+    llm.push_error(503, "overloaded", headers={"retry-after": "0.02"})
+    execution, sent = run_one(agent_run(message="still there?"))
+    assert execution.status == "completed"
+    assert execution.response == "(stand-in) You said: still there?"
+    assert len(llm.requests) == 3
+
+
+def test_an_llm_that_keeps_failing_ends_in_llm_error(peers, llm):
+    for _ in range(4):
+        llm.push_error(500, "the model is on fire", headers={"retry-after-ms": "10"})
+    execution, sent = run_one(agent_run())
+    assert execution.status == "failed"
+    assert execution.error_code == "LLM_ERROR"
+    assert "500" in execution.error_message and "4 attempts" in execution.error_message
+    assert len(llm.requests) == 4
 
 
 def test_llm_slower_than_the_run_timeout_ends_in_timeout(peers, llm):

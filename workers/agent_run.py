@@ -22,7 +22,7 @@ from executions.exceptions import (
 )
 from executions.models import Execution
 from tiers import lookup
-from workers import gates, llm, peers, tools
+from workers import cancellation, gates, llm, peers, tools
 from workers.callbacks import Outcome
 from workers.protocol import AgentConfig, AgentRunData
 
@@ -67,9 +67,12 @@ def run(execution: Execution) -> Outcome:
         )
         for note in notes:
             record(execution, note)
+        check_cancelled = cancellation.checker(str(execution.id))
         loop = AgentLoop(
             complete=llm.completer(
-                model=agent.model or settings.AES_DEFAULT_MODEL, temperature=agent.temperature
+                model=agent.model or settings.AES_DEFAULT_MODEL,
+                temperature=agent.temperature,
+                check_cancelled=check_cancelled,
             ),
             tools=toolset,
             max_iterations=min(limits["max_iterations"], data.max_iterations or math.inf),
@@ -77,6 +80,7 @@ def run(execution: Execution) -> Outcome:
             record=lambda step: record(execution, step),
             max_call_tokens=min(agent.max_tokens or limits["max_tokens"], limits["max_tokens"]),
             max_run_tokens=limits["max_tokens"],
+            check_cancelled=check_cancelled,
         )
         result = loop.run(_prompt(agent, data, history))
         _save_messages(execution, caller, data, result.response, limits, deadline)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from typing import Any
 
 from django.conf import settings
@@ -16,13 +17,16 @@ from pydantic import ValidationError
 
 from executions.models import Execution, Status
 from tiers import lookup
-from workers import callbacks, gates, jobs, keys, peers, proxy, redis_client
+from workers import callbacks, cancellation, gates, jobs, keys, peers, proxy, redis_client
 from workers.protocol import (
     AGENT_RUN,
+    CANCEL,
     EMBEDDING_CALLBACK,
     QUERY_CALLBACK,
     AgentRunData,
+    CancelData,
     DomainAction,
+    ErrorInfo,
     describe,
     now_iso,
 )
@@ -156,6 +160,37 @@ def _agent_run(tier: str, action: DomainAction, raw: bytes) -> None:
         jobs.enqueue(execution)
 
 
+def _cancel(tier: str, action: DomainAction, raw: bytes) -> None:
+    try:
+        data = CancelData.model_validate(action.data)
+    except ValidationError as exc:
+        raise Refused("INVALID_ACTION", "data." + describe(exc)) from None
+    # A tenant can only ever cancel its own runs.
+    runs = Execution.objects.filter(tenant_id=action.tenant_id)
+    if data.execution_id:
+        runs = runs.filter(pk=data.execution_id) if _is_uuid(data.execution_id) else runs.none()
+    if data.task_id:
+        runs = runs.filter(task_id=data.task_id)
+    found = list(runs)
+    cancelled = [str(e.id) for e in found if cancellation.cancel(e)]
+    if not (action.correlation_id and action.callback_queue):
+        return
+    if cancelled:
+        proxy.reply(action, data={"execution_ids": cancelled})
+    elif found:
+        proxy.reply(action, error=ErrorInfo(code="ALREADY_FINISHED", message="the run has ended"))
+    else:
+        proxy.reply(action, error=ErrorInfo(code="NOT_FOUND", message="no such run"))
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _proxy(tier: str, action: DomainAction, raw: bytes) -> None:
     if not (action.correlation_id and action.callback_queue):
         raise Refused(
@@ -166,5 +201,6 @@ def _proxy(tier: str, action: DomainAction, raw: bytes) -> None:
 
 HANDLERS = {
     AGENT_RUN: _agent_run,
+    CANCEL: _cancel,
     **{action_type: _proxy for action_type in proxy.ANSWERS},
 }

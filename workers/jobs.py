@@ -12,10 +12,10 @@ import logging
 import django_rq
 from rq.job import Job
 
-from executions.exceptions import InvalidAction
+from executions.exceptions import Cancelled, InvalidAction
 from executions.models import Execution, Status
 from tiers import lookup
-from workers import agent_run, callbacks, gates
+from workers import agent_run, callbacks, cancellation, gates
 from workers.callbacks import Outcome
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def run_execution(execution_id: str) -> str:
         return execution.status
     tier = lookup.get_tier(execution.tier)
     if tier is None:
-        _conclude(execution, Outcome.from_error(InvalidAction(f"unknown tier {execution.tier!r}")))
+        conclude(execution, Outcome.from_error(InvalidAction(f"unknown tier {execution.tier!r}")))
         return execution.status
     if execution.session_id and not _session_turn(execution):
         return "waiting-for-session"
@@ -73,9 +73,12 @@ def run_execution(execution_id: str) -> str:
         execution.tenant_id, execution_id, tier.max_concurrent_executions, tier.timeout_seconds
     ):
         return "waiting-for-slot"
+    if cancellation.is_cancelled(execution_id):
+        conclude(execution, Outcome.from_error(Cancelled("cancelled before it started")))
+        return execution.status
     if not execution.start(tier.limits()):
         return "not-claimed"
-    _conclude(execution, agent_run.run(execution))
+    conclude(execution, agent_run.run(execution))
     return execution.status
 
 
@@ -102,9 +105,11 @@ def _session_turn(execution: Execution) -> bool:
 FINAL = {status.value for status in Status if status not in (Status.QUEUED, Status.RUNNING)}
 
 
-def _conclude(execution: Execution, outcome: Outcome) -> None:
-    callbacks.conclude(execution, outcome)
+def conclude(execution: Execution, outcome: Outcome) -> bool:
+    """End the run with `outcome` (one callback), free its gates; False if it had ended."""
+    won = callbacks.conclude(execution, outcome)
     _release(execution)
+    return won
 
 
 def _release(execution: Execution) -> None:
@@ -126,4 +131,4 @@ def close_abandoned(execution_id: str, reason: str) -> None:
     if execution is None or execution.is_final:
         return
     log.error("execution %s abandoned: %s", execution_id, reason)
-    _conclude(execution, Outcome(status="failed", error_code="INTERNAL", error_message=reason))
+    conclude(execution, Outcome(status="failed", error_code="INTERNAL", error_message=reason))

@@ -1,8 +1,19 @@
-"""The OpenAI-compatible Chat Completions client, one per process."""
+"""The OpenAI-compatible Chat Completions client: retries, deadlines, cancellation.
+
+A call that fails with 429, 5xx or a connection error is retried with
+exponential backoff and jitter (honouring Retry-After) while the run's
+deadline leaves room; then it is an LLM_ERROR. The HTTP call runs in a
+helper thread so a cancelled run stops waiting at once, even on a hung LLM.
+"""
 
 from __future__ import annotations
 
 import functools
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import openai
@@ -10,6 +21,15 @@ from django.conf import settings
 
 from executions.agent_loop import Complete, Completion, ToolCall
 from executions.exceptions import ExecutionTimeout, LLMError
+
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_ATTEMPTS = 4
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 8.0
+# Seconds between two checks for cancellation while a call is in flight.
+CANCEL_POLL_SECONDS = 1.0
+
+_calls = ThreadPoolExecutor(max_workers=8, thread_name_prefix="llm")
 
 
 def client() -> openai.OpenAI:
@@ -27,7 +47,12 @@ def _client(base_url: str | None, api_key: str | None) -> openai.OpenAI:
     )
 
 
-def completer(*, model: str, temperature: float | None) -> Complete:
+def completer(
+    *,
+    model: str,
+    temperature: float | None,
+    check_cancelled: Callable[[], None] = lambda: None,
+) -> Complete:
     """Return the agent loop's `complete` function for one agent's settings."""
 
     def complete(
@@ -36,24 +61,69 @@ def completer(*, model: str, temperature: float | None) -> Complete:
         timeout: float,
         max_tokens: int | None,
     ) -> Completion:
-        kwargs: dict[str, Any] = {"model": model, "messages": messages, "timeout": timeout}
+        request: dict[str, Any] = {"model": model, "messages": messages}
         if tools:
-            kwargs["tools"] = tools
+            request["tools"] = tools
         if temperature is not None:
-            kwargs["temperature"] = temperature
+            request["temperature"] = temperature
         if max_tokens is not None:
-            kwargs["max_tokens"] = max_tokens
-        try:
-            answer = client().chat.completions.create(**kwargs)
-        except openai.APITimeoutError:
-            raise ExecutionTimeout(f"the LLM did not answer within {timeout:.1f}s") from None
-        except openai.APIStatusError as exc:
-            raise LLMError(f"LLM answered HTTP {exc.status_code}: {exc.message}") from None
-        except openai.APIError as exc:
-            raise LLMError(f"LLM call failed: {exc}") from None
-        return _reduce(answer)
+            request["max_tokens"] = max_tokens
+        deadline = time.monotonic() + timeout
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ExecutionTimeout("the run's deadline passed during LLM retries")
+            try:
+                return _reduce(_call(request, remaining, check_cancelled))
+            except openai.APITimeoutError:
+                raise ExecutionTimeout(f"the LLM did not answer within {remaining:.1f}s") from None
+            except openai.APIStatusError as exc:
+                problem = f"LLM answered HTTP {exc.status_code}: {exc.message}"
+                if exc.status_code not in RETRY_STATUSES:
+                    raise LLMError(problem) from None
+                delay = _retry_after(exc) or _backoff(attempt)
+            except openai.APIConnectionError as exc:
+                problem, delay = f"LLM unreachable: {exc}", _backoff(attempt)
+            if attempt == MAX_ATTEMPTS or time.monotonic() + delay >= deadline:
+                raise LLMError(f"{problem} (after {attempt} attempts)")
+            _sleep(delay, check_cancelled)
+        raise AssertionError("unreachable")
 
     return complete
+
+
+def _call(request: dict[str, Any], timeout: float, check_cancelled: Callable[[], None]) -> Any:
+    future = _calls.submit(client().chat.completions.create, **request, timeout=timeout)
+    while True:
+        try:
+            return future.result(timeout=CANCEL_POLL_SECONDS)
+        except FutureTimeout:
+            # Raises Cancelled: the call is abandoned, its thread ends at its timeout.
+            check_cancelled()
+
+
+def _sleep(seconds: float, check_cancelled: Callable[[], None]) -> None:
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        check_cancelled()
+        time.sleep(min(left, CANCEL_POLL_SECONDS))
+
+
+def _backoff(attempt: int) -> float:
+    """Full jitter: a random wait up to an exponentially growing cap."""
+    return random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt))
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    headers = exc.response.headers
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                return None
+    return None
 
 
 def _reduce(answer: Any) -> Completion:

@@ -14,6 +14,7 @@ import atexit
 import ctypes
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,14 +50,26 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _serves(port: int, pid: int) -> bool:
+    """Return True when the server on `port` is the process `pid` (not a squatter)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+        sock.sendall(b"INFO server\r\n")
+        reply = b""
+        while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return f"process_id:{pid}\r\n".encode() in reply
+
+
 def _wait_until_listening(port: int, process: subprocess.Popen) -> bool:
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            return False
+            return False  # it could not bind: another process took the port
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return True
+            return _serves(port, process.pid)
         except OSError:
             time.sleep(0.02)
     return False
@@ -92,19 +105,22 @@ def start() -> str:
             start_new_session=True,
         )
         if _wait_until_listening(port, process):
-            atexit.register(_stop, process)
+            atexit.register(_stop, process, workdir)
             return f"redis://127.0.0.1:{port}/0"
         _stop(process)
+    shutil.rmtree(workdir, ignore_errors=True)
     raise ImproperlyConfigured(f"could not start the embedded server {binary}")
 
 
-def _stop(process: subprocess.Popen) -> None:
+def _stop(process: subprocess.Popen, workdir: str | None = None) -> None:
     if process.poll() is None:
         process.terminate()
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             process.kill()
+    if workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def ensure_redis_url() -> str:

@@ -129,6 +129,9 @@ AES_TIER_CACHE_SECONDS = env_float("AES_TIER_CACHE_SECONDS", 5.0)
 # Seconds a consumer's heartbeat stays valid; a consumer silent for longer
 # is presumed dead and the messages it held are put back on their lists.
 AES_CONSUMER_HEARTBEAT_TTL = env_float("AES_CONSUMER_HEARTBEAT_TTL", 30.0, minimum=1.0)
+# Seconds past its deadline after which a running run whose worker is gone
+# is closed by the reaper (RQ itself kills a live job 30 s past it).
+AES_REAPER_GRACE_SECONDS = env_float("AES_REAPER_GRACE_SECONDS", 60.0)
 # Bytes above which a queued message is refused without parsing.
 AES_MAX_MESSAGE_BYTES = int(env_float("AES_MAX_MESSAGE_BYTES", 1024 * 1024, minimum=1024))
 
@@ -137,13 +140,14 @@ AES_MAX_MESSAGE_BYTES = int(env_float("AES_MAX_MESSAGE_BYTES", 1024 * 1024, mini
 REST_FRAMEWORK = {
     # Staff only until tenant-scoped tokens exist: prompts and answers are
     # customer data. Basic auth lets operators use curl with their login.
+    # Basic first, so a request without credentials gets 401 and a
+    # WWW-Authenticate header rather than a bare 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.BasicAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "PAGE_SIZE": 50,
 }
 
 LOGGING = {

@@ -41,7 +41,8 @@ class ExecutionAdmin(admin.ModelAdmin):
         "duration_ms",
         "queued_at",
     )
-    list_filter = ("status", "tier", "tenant_id")
+    list_filter = ("status", "tier", ("callback_sent_at", admin.EmptyFieldListFilter), "tenant_id")
+    actions = ["resend_callback"]
     search_fields = ("task_id", "session_id", "action_id")
     date_hierarchy = "queued_at"
     inlines = [ExecutionStepInline]
@@ -54,3 +55,13 @@ class ExecutionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+    @admin.action(description="Re-send the callback of the selected executions")
+    def resend_callback(self, request, queryset) -> None:
+        from workers.callbacks import deliver  # workers builds on executions, not the reverse
+
+        sent = 0
+        for execution in queryset.filter(callback__isnull=False):
+            deliver(execution, again=True)
+            sent += 1
+        self.message_user(request, f"Re-sent {sent} callback(s); runs still going have none yet.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.db import models
@@ -51,6 +52,9 @@ class Execution(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    deadline_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the run must have ended, set when it starts."
+    )
 
     request = models.JSONField(help_text="The DomainAction as received.")
     limits = models.JSONField(null=True, blank=True, help_text="Tier limits when it started.")
@@ -65,6 +69,13 @@ class Execution(models.Model):
             models.Index(fields=["agent_id", "-queued_at"], name="exec_agent_recent"),
             models.Index(fields=["status", "-queued_at"], name="exec_status_recent"),
             models.Index(fields=["tier", "-queued_at"], name="exec_tier_recent"),
+            # The reaper's scans: stale queued and running runs, unsent callbacks.
+            models.Index(fields=["status", "queued_at"], name="exec_status_age"),
+            models.Index(
+                fields=["finished_at"],
+                name="exec_callback_unsent",
+                condition=models.Q(callback__isnull=False, callback_sent_at__isnull=True),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -92,10 +103,15 @@ class Execution(models.Model):
                 setattr(self, field, value)
         return won
 
-    def start(self, limits: dict[str, Any]) -> bool:
+    def start(self, limits: dict[str, Any], timeout_seconds: float) -> bool:
         """Mark the execution running with the tier limits in force; False if not queued."""
+        now = timezone.now()
         return self._claim(
-            [Status.QUEUED], status=Status.RUNNING, started_at=timezone.now(), limits=limits
+            [Status.QUEUED],
+            status=Status.RUNNING,
+            started_at=now,
+            deadline_at=now + timedelta(seconds=timeout_seconds),
+            limits=limits,
         )
 
     def finish(

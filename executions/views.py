@@ -18,6 +18,7 @@ class ExecutionFilter(filters.FilterSet):
 class NewestFirst(pagination.CursorPagination):
     # A cursor stays stable while new runs arrive, unlike page numbers.
     ordering = ("-queued_at", "-id")
+    page_size = 50
 
 
 class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):

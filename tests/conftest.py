@@ -155,7 +155,14 @@ def work() -> None:
     the jobs wait for, as `run_execution_worker` does in production.
     """
     router = Consumer(TIERS)
-    thread = threading.Thread(target=router.run, name="callback-router", daemon=True)
+
+    def route() -> None:
+        try:
+            router.run()
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=route, name="callback-router", daemon=True)
     thread.start()
     try:
         queues = [django_rq.get_queue(tier) for tier in TIERS]

@@ -95,7 +95,7 @@ def test_a_run_over_the_concurrency_limit_waits_for_a_slot_and_then_runs(peers, 
         consume()
         holder = Execution.objects.get(action_id=message["action_id"])
         assert gates.acquire_slot("tenant-a", str(holder.id), 2, 30)
-        holder.start(Tier.objects.get(name="free").limits())
+        holder.start(Tier.objects.get(name="free").limits(), 30)
         holders.append(holder)
     llm_calls_before = len(llm.requests)
 

@@ -33,7 +33,7 @@ def run(execution: Execution) -> Outcome:
     """Run a started execution and return how it ended; never raises."""
     limits: dict[str, Any] = execution.limits
     data = AgentRunData.model_validate(execution.request["data"])
-    timeout = min(limits["timeout_seconds"], data.timeout or math.inf)
+    timeout = (execution.deadline_at - execution.started_at).total_seconds()
     deadline = time.monotonic() + timeout
     caller = peers.Caller(
         task_id=execution.task_id,

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from django.utils import timezone
 
 from executions.exceptions import RunError
@@ -45,8 +46,11 @@ def envelope(
     data: ExecutionCallbackData,
 ) -> dict[str, Any]:
     """Return the execution.callback DomainAction answering `request` (§4)."""
+    event_id = new_id()
     return {
-        "action_id": new_id(),
+        "action_id": event_id,
+        # Stable across re-sends, for receivers to deduplicate.
+        "event_id": event_id,
         "action_type": EXECUTION_CALLBACK,
         "task_id": request.get("task_id"),
         "tenant_id": request.get("tenant_id"),
@@ -91,18 +95,56 @@ def conclude(execution: Execution, outcome: Outcome) -> bool:
         usage=outcome.usage,
     )
     if won:
-        deliver(execution)
-        metrics.record(execution)
+        try:
+            deliver(execution)
+            metrics.record(execution)
+        except redis.RedisError as exc:
+            # Recorded, not pushed: the reaper pushes it once Redis is back.
+            log.warning("callback of %s not pushed yet: %s", execution.id, exc)
     return won
 
 
-def deliver(execution: Execution) -> None:
-    """Push the recorded callback to the run's callback queue and mark it sent."""
-    if execution.callback is None or execution.callback_sent_at is not None:
-        return
+# Pushes a callback unless its marker says it was pushed already: a crash
+# between the push and marking the row sent does not send it twice.
+_PUSH_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+# Seconds the "pushed" marker of a callback is kept.
+SENT_MARKER_TTL_SECONDS = 7 * 24 * 3600
+
+
+def deliver(execution: Execution, *, again: bool = False) -> bool:
+    """Push the recorded callback to the run's callback queue and mark it sent.
+
+    The outbox's second half: the callback was stored with the final status,
+    so it can be pushed later by anyone (the reaper, an operator) exactly
+    once; `again` re-sends it on purpose (same event_id, for receivers to
+    deduplicate). Return True when a message was pushed.
+    """
+    if execution.callback is None or (execution.callback_sent_at is not None and not again):
+        return False
+    pushed = False
     if execution.callback_queue:
-        redis_client.shared().lpush(execution.callback_queue, json.dumps(execution.callback))
+        marker = f"execution:callback_sent:{execution.id}"
+        client = redis_client.shared()
+        if again:
+            client.delete(marker)
+        pushed = bool(
+            client.eval(
+                _PUSH_ONCE,
+                2,
+                marker,
+                execution.callback_queue,
+                json.dumps(execution.callback),
+                SENT_MARKER_TTL_SECONDS,
+            )
+        )
     execution.mark_callback_sent()
+    return pushed
 
 
 def reject_unrecorded(queue: str, request: dict[str, Any], code: str, message: str) -> None:

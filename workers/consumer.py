@@ -22,11 +22,36 @@ from django.conf import settings
 from tiers import lookup
 from workers import handlers, keys, proxy, redis_client
 from workers.intake import ListIntake, Source, sources_for
+from workers.protocol import now_iso
 
 log = logging.getLogger(__name__)
 
 # Times one message is tried when its handler fails before it is dead-lettered.
 MAX_ATTEMPTS = 5
+# Dead consumers a message may outlive before it is taken for the killer.
+MAX_REDELIVERIES = 3
+
+# Moves the newest held message back to the consuming end of its list. With
+# ARGV[1] > 0 it counts the message's recoveries (by content, for a day) and
+# dead-letters it instead once it has been recovered ARGV[1] times.
+_RECOVER = """
+local raw = redis.call('LPOP', KEYS[1])
+if not raw then return nil end
+if tonumber(ARGV[1]) > 0 then
+  local seen = 'execution:recovered:' .. redis.sha1hex(raw)
+  local n = redis.call('INCR', seen)
+  redis.call('EXPIRE', seen, 86400)
+  if n > tonumber(ARGV[1]) then
+    redis.call('LPUSH', KEYS[3], cjson.encode({
+      raw = raw, truncated = false, queue = KEYS[2], received_at = ARGV[2],
+      error = {code = 'POISON_MESSAGE',
+               message = 'held by ' .. ARGV[1] .. ' consumers that died handling it'}}))
+    return 'dead'
+  end
+end
+redis.call('RPUSH', KEYS[2], raw)
+return 'back'
+"""
 
 
 class Consumer:
@@ -36,6 +61,7 @@ class Consumer:
         self.sources = sources_for(self.tiers)
         self.redis = redis_client.shared()
         self._ttl = settings.AES_CONSUMER_HEARTBEAT_TTL
+        self._recover = self.redis.register_script(_RECOVER)
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self._intakes: dict[Source, ListIntake] = {}
@@ -142,24 +168,32 @@ class Consumer:
             other = member.decode()
             if other == self.id or self.redis.exists(keys.consumer_alive(other)):
                 continue
-            count = self._return_messages(other)
+            count = self._return_messages(other, count_deliveries=True)
             self.redis.srem(keys.CONSUMERS, other)
             if count:
                 log.warning("recovered %d message(s) held by dead consumer %s", count, other)
             recovered += count
         return recovered
 
-    def _return_messages(self, consumer_id: str) -> int:
+    def _return_messages(self, consumer_id: str, *, count_deliveries: bool = False) -> int:
         """Move a consumer's processing lists back to the consuming end of their lists.
 
         Newest first, each to the right end, so the oldest is taken first
-        again, in its original order. LMOVE is atomic: two consumers
-        recovering the same list cannot duplicate a message.
+        again, in its original order; each move is atomic, so two consumers
+        recovering the same list cannot duplicate a message. When recovering
+        from a dead consumer, a message that was held by MAX_REDELIVERIES dead
+        consumers already (it kills whoever handles it) is dead-lettered.
         """
         count = 0
         for source in self.sources:
             held = keys.processing(consumer_id, source.key)
-            while self.redis.lmove(held, source.key, "LEFT", "RIGHT") is not None:
+            while True:
+                moved = self._recover(
+                    keys=[held, source.key, keys.DEAD_LETTER],
+                    args=[MAX_REDELIVERIES if count_deliveries else 0, now_iso()],
+                )
+                if moved is None:
+                    break
                 count += 1
         return count
 

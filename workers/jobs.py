@@ -8,6 +8,7 @@ ends; the run ahead of it wakes it by enqueueing its job again.
 from __future__ import annotations
 
 import logging
+import math
 
 import django_rq
 from rq.job import Job
@@ -17,6 +18,7 @@ from executions.models import Execution, Status
 from tiers import lookup
 from workers import agent_run, callbacks, cancellation, gates
 from workers.callbacks import Outcome
+from workers.protocol import AgentRunData
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,8 @@ def run_execution(execution_id: str) -> str:
     if cancellation.is_cancelled(execution_id):
         conclude(execution, Outcome.from_error(Cancelled("cancelled before it started")))
         return execution.status
-    if not execution.start(tier.limits()):
+    requested = AgentRunData.model_validate(execution.request["data"]).timeout
+    if not execution.start(tier.limits(), min(tier.timeout_seconds, requested or math.inf)):
         return "not-claimed"
     conclude(execution, agent_run.run(execution))
     return execution.status
@@ -125,10 +128,17 @@ def _release(execution: Execution) -> None:
             enqueue(waiting, wake=True)
 
 
-def close_abandoned(execution_id: str, reason: str) -> None:
-    """End an execution whose job died before finishing it, with one callback."""
+def close_abandoned(execution_id: str, reason: str) -> bool:
+    """End an execution whose job died before finishing it, with one callback.
+
+    Not retried: the dead job may have called the LLM or saved messages, and
+    running it again could answer or bill twice. The caller may send the
+    request again with a new action_id.
+    """
     execution = Execution.objects.filter(pk=execution_id).first()
     if execution is None or execution.is_final:
-        return
+        return False
     log.error("execution %s abandoned: %s", execution_id, reason)
-    conclude(execution, Outcome(status="failed", error_code="INTERNAL", error_message=reason))
+    return conclude(
+        execution, Outcome(status="failed", error_code="INTERNAL", error_message=reason)
+    )

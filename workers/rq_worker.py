@@ -20,12 +20,28 @@ from workers.jobs import close_abandoned
 log = logging.getLogger(__name__)
 
 
+# The only job functions this service runs; anything else on its queues is
+# refused unread.
+ALLOWED_JOBS = frozenset({"workers.jobs.run_execution"})
+
+
 class ExecutionWorker(Worker):
     def __init__(self, *args, **kwargs) -> None:
         # Jobs carry only an execution id: JSON is enough, and unlike pickle
         # it cannot smuggle code into the worker.
         kwargs["serializer"] = JSONSerializer
         super().__init__(*args, **kwargs)
+
+    def execute_job(self, job, queue) -> None:
+        try:
+            allowed = job.func_name in ALLOWED_JOBS
+        except Exception:  # not JSON, or not a job of ours
+            allowed = False
+        if not allowed:
+            log.error("refused job %s: not one of %s", job.id, sorted(ALLOWED_JOBS))
+            self.handle_job_failure(job, queue, exc_string="refused: not an AES job function")
+            return
+        super().execute_job(job, queue)
 
     def fork_work_horse(self, job, queue) -> None:
         connections.close_all()

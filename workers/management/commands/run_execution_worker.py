@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
+import time
 
 import redis
 from django.core.management.base import BaseCommand, CommandError
+from django.db import close_old_connections
 
 from tiers import lookup
+from workers import keys, reaper
 from workers.consumer import Consumer
 from workers.supervisor import WorkerPool
+
+log = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -33,6 +39,10 @@ class Command(BaseCommand):
     def handle(self, *args, rq_workers: int, burst: bool, **options) -> None:
         if rq_workers < 0:
             raise CommandError("--rq-workers must be 0 or more")
+        # A socket timeout shorter than a blocking read's wait would raise
+        # spurious TimeoutErrors and look like a dead Redis.
+        if keys.SOCKET_MARGIN_SECONDS <= 0 or keys.BLOCK_SECONDS <= 0:
+            raise CommandError("blocking reads need a socket timeout above their wait")
         tiers = [tier.name for tier in lookup.tiers_by_priority()]
         if not tiers:
             raise CommandError("no tiers are defined: run `python manage.py migrate` first")
@@ -64,5 +74,16 @@ class Command(BaseCommand):
 
     @staticmethod
     def _supervise(pool: WorkerPool, consumer: Consumer) -> None:
+        """Restart dead RQ workers every second; reap every REAP_SECONDS."""
+        next_reap = 0.0
         while not consumer.stopping.wait(1.0):
             pool.supervise()
+            if time.monotonic() < next_reap:
+                continue
+            next_reap = time.monotonic() + reaper.REAP_SECONDS
+            try:
+                reaper.reap()
+            except Exception:
+                log.exception("reaper pass failed; trying again later")
+            finally:
+                close_old_connections()

@@ -1,0 +1,98 @@
+"""The reaper: the database is the record, so reconcile RQ and Redis from it.
+
+Runs inside every `run_execution_worker`, at most one pass at a time across
+all of them (a Redis lock), every REAP_SECONDS:
+
+1. `queued` runs older than QUEUED_GRACE whose job RQ no longer holds (the
+   consumer died between commit and enqueue, Redis lost its data, a
+   wake-up was lost) are enqueued again; a run still waiting for its gates
+   simply goes back to waiting.
+2. `running` runs past their deadline by more than AES_REAPER_GRACE_SECONDS
+   were abandoned (their worker was SIGKILLed or lost with its machine): RQ
+   would have ended a live job by then. They fail with INTERNAL, or end in
+   `timeout` when nothing ran at all, with their one callback.
+3. Final runs whose callback was recorded but not pushed (a crash or a Redis
+   outage between the two) get it pushed.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+from rq.job import Job, JobStatus
+
+from executions.models import Execution, Status
+from workers import callbacks, jobs, redis_client
+
+log = logging.getLogger(__name__)
+
+LOCK = "execution:reaper:lock"
+REAP_SECONDS = 15
+QUEUED_GRACE_SECONDS = 60
+CALLBACK_GRACE_SECONDS = 10
+BATCH = 500
+
+_LIVE_JOB = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+
+
+def reap() -> dict[str, int]:
+    """Run one pass if no other process is running one; return what it did."""
+    client = redis_client.shared()
+    if not client.set(LOCK, "1", nx=True, ex=REAP_SECONDS * 4):
+        return {}
+    try:
+        return {
+            "requeued": _requeue_lost_jobs(),
+            "abandoned": _close_abandoned_runs(),
+            "callbacks": _push_unsent_callbacks(),
+        }
+    finally:
+        client.delete(LOCK)
+
+
+def _job_is_live(execution: Execution) -> bool:
+    job = Job.fetch_many([str(execution.id)], connection=redis_client.shared())[0]
+    return job is not None and job.get_status(refresh=False) in _LIVE_JOB
+
+
+def _requeue_lost_jobs() -> int:
+    cutoff = timezone.now() - timedelta(seconds=QUEUED_GRACE_SECONDS)
+    count = 0
+    stale = Execution.objects.filter(status=Status.QUEUED, queued_at__lt=cutoff)
+    for execution in stale[:BATCH]:
+        if not _job_is_live(execution):
+            jobs.enqueue(execution, wake=True)
+            count += 1
+    if count:
+        log.warning("reaper: enqueued %d queued run(s) whose job was gone", count)
+    return count
+
+
+def _close_abandoned_runs() -> int:
+    cutoff = timezone.now() - timedelta(seconds=settings.AES_REAPER_GRACE_SECONDS)
+    count = 0
+    for execution in Execution.objects.filter(status=Status.RUNNING, deadline_at__lt=cutoff)[
+        :BATCH
+    ]:
+        if jobs.close_abandoned(str(execution.id), "the worker running it was lost"):
+            count += 1
+    if count:
+        log.error("reaper: closed %d run(s) abandoned by a lost worker", count)
+    return count
+
+
+def _push_unsent_callbacks() -> int:
+    cutoff = timezone.now() - timedelta(seconds=CALLBACK_GRACE_SECONDS)
+    unsent = Execution.objects.filter(
+        callback__isnull=False, callback_sent_at__isnull=True, finished_at__lt=cutoff
+    )[:BATCH]
+    count = 0
+    for execution in unsent:
+        callbacks.deliver(execution)
+        count += 1
+    if count:
+        log.warning("reaper: pushed %d callback(s) recorded but not sent", count)
+    return count

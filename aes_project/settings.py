@@ -132,6 +132,8 @@ AES_CONSUMER_HEARTBEAT_TTL = env_float("AES_CONSUMER_HEARTBEAT_TTL", 30.0, minim
 # Seconds past its deadline after which a running run whose worker is gone
 # is closed by the reaper (RQ itself kills a live job 30 s past it).
 AES_REAPER_GRACE_SECONDS = env_float("AES_REAPER_GRACE_SECONDS", 60.0)
+# Seconds between two reaper passes.
+AES_REAPER_INTERVAL_SECONDS = env_float("AES_REAPER_INTERVAL_SECONDS", 15.0, minimum=0.5)
 # Bytes above which a queued message is refused without parsing.
 AES_MAX_MESSAGE_BYTES = int(env_float("AES_MAX_MESSAGE_BYTES", 1024 * 1024, minimum=1024))
 

@@ -152,7 +152,7 @@ def reject_unrecorded(queue: str, request: dict[str, Any], code: str, message: s
     data = ExecutionCallbackData(
         execution_id=None,
         status="rejected",
-        agent_id=(request.get("data") or {}).get("agent_id")
+        agent_id=_text_or_none((request.get("data") or {}).get("agent_id"))
         if isinstance(request.get("data"), dict)
         else None,
         error=ErrorInfo(code=code, message=message),
@@ -160,3 +160,8 @@ def reject_unrecorded(queue: str, request: dict[str, Any], code: str, message: s
     tier = request.get("tenant_tier")
     callback = envelope(request=request, tier=tier if isinstance(tier, str) else None, data=data)
     redis_client.shared().lpush(queue, json.dumps(callback))
+
+
+def _text_or_none(value: Any) -> str | None:
+    # A refused message may hold anything where a string belongs.
+    return value if isinstance(value, str) else None

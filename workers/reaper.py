@@ -1,7 +1,7 @@
 """The reaper: the database is the record, so reconcile RQ and Redis from it.
 
 Runs inside every `run_execution_worker`, at most one pass at a time across
-all of them (a Redis lock), every REAP_SECONDS:
+all of them (a Redis lock), every AES_REAPER_INTERVAL_SECONDS:
 
 1. `queued` runs older than QUEUED_GRACE whose job RQ no longer holds (the
    consumer died between commit and enqueue, Redis lost its data, a
@@ -30,7 +30,6 @@ from workers import callbacks, jobs, redis_client
 log = logging.getLogger(__name__)
 
 LOCK = "execution:reaper:lock"
-REAP_SECONDS = 15
 QUEUED_GRACE_SECONDS = 60
 CALLBACK_GRACE_SECONDS = 10
 BATCH = 500
@@ -41,7 +40,7 @@ _LIVE_JOB = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.
 def reap() -> dict[str, int]:
     """Run one pass if no other process is running one; return what it did."""
     client = redis_client.shared()
-    if not client.set(LOCK, "1", nx=True, ex=REAP_SECONDS * 4):
+    if not client.set(LOCK, "1", nx=True, ex=int(settings.AES_REAPER_INTERVAL_SECONDS * 4) + 1):
         return {}
     try:
         return {

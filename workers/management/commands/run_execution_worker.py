@@ -9,6 +9,7 @@ import threading
 import time
 
 import redis
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
@@ -74,13 +75,13 @@ class Command(BaseCommand):
 
     @staticmethod
     def _supervise(pool: WorkerPool, consumer: Consumer) -> None:
-        """Restart dead RQ workers every second; reap every REAP_SECONDS."""
+        """Restart dead RQ workers every second; reap every AES_REAPER_INTERVAL_SECONDS."""
         next_reap = 0.0
-        while not consumer.stopping.wait(1.0):
+        while not consumer.stopping.wait(0.5):
             pool.supervise()
             if time.monotonic() < next_reap:
                 continue
-            next_reap = time.monotonic() + reaper.REAP_SECONDS
+            next_reap = time.monotonic() + settings.AES_REAPER_INTERVAL_SECONDS
             try:
                 reaper.reap()
             except Exception:

@@ -1,0 +1,164 @@
+"""Nothing lost, nothing doubled: recovery paths, in-process.
+
+Each test puts Redis and the database in the state a crash at one instant
+leaves behind, then lets the normal machinery (recovery, the reaper) finish
+the job, and checks exactly one Execution and one callback.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import django_rq
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+from rq.registry import FailedJobRegistry
+
+from executions.models import Execution
+from tests.conftest import TIERS, agent_run, callbacks, consume, dead_letters, push, work
+from workers import handlers, keys, reaper
+from workers.consumer import MAX_REDELIVERIES, Consumer
+from workers.rq_worker import ExecutionWorker
+
+pytestmark = pytest.mark.django_db
+
+
+def held_by_dead_consumer(redis, message: dict, name: str = "dead:1:cafe") -> None:
+    """Leave `message` in the processing list of a consumer that died."""
+    redis.sadd(keys.CONSUMERS, name)
+    redis.lpush(keys.processing(name, keys.actions("free")), json.dumps(message))
+
+
+def test_consumer_killed_after_the_row_committed_runs_the_message_once(peers, llm, redis):
+    message = agent_run()
+    # The dead consumer had recorded the row but not enqueued the job.
+    Execution.record(
+        message["action_id"],
+        task_id=message["task_id"],
+        tenant_id="tenant-a",
+        tier="free",
+        agent_id="plain-bot",
+        message=message["data"]["message"],
+        request=message,
+        callback_queue=message["callback_queue"],
+    )
+    held_by_dead_consumer(redis, message)
+    consume()
+    work()
+    assert Execution.objects.count() == 1
+    assert [c["data"]["status"] for c in callbacks()] == ["completed"]
+
+
+def test_consumer_killed_after_the_enqueue_runs_the_message_once(peers, llm, redis):
+    message = agent_run()
+    handlers.handle("free", json.dumps(message).encode())  # row and job exist
+    held_by_dead_consumer(redis, message)  # but the message was never acknowledged
+    consume()
+    assert django_rq.get_queue("free").count == 1
+    work()
+    assert Execution.objects.count() == 1
+    assert [c["data"]["status"] for c in callbacks()] == ["completed"]
+    assert len(llm.requests) == 1
+
+
+def test_a_message_that_kills_every_consumer_is_dead_lettered(redis):
+    message = agent_run()
+    for attempt in range(MAX_REDELIVERIES + 1):
+        held_by_dead_consumer(redis, message, name=f"dead:{attempt}:beef")
+        Consumer(TIERS).recover_dead_consumers()
+        redis.delete(keys.actions("free"))  # taken again by the next victim
+    letter = dead_letters()[0]
+    assert letter["error"]["code"] == "POISON_MESSAGE"
+    assert json.loads(letter["raw"]) == message
+    assert redis.llen(keys.actions("free")) == 0
+
+
+def test_reaper_enqueues_a_queued_run_whose_job_was_lost(peers, llm, redis):
+    push(agent_run())
+    consume()
+    execution = Execution.objects.get()
+    django_rq.get_queue("free").empty()  # as after a Redis restart without persistence
+    Execution.objects.filter(pk=execution.pk).update(
+        queued_at=timezone.now() - timedelta(minutes=5)
+    )
+    assert reaper.reap()["requeued"] == 1
+    work()
+    execution.refresh_from_db()
+    assert execution.status == "completed"
+    assert len(callbacks()) == 1
+
+
+def test_reaper_leaves_queued_runs_whose_job_waits_alone(redis):
+    push(agent_run())
+    consume()
+    Execution.objects.update(queued_at=timezone.now() - timedelta(minutes=5))
+    assert reaper.reap()["requeued"] == 0
+    assert django_rq.get_queue("free").count == 1
+
+
+def test_reaper_closes_a_run_whose_worker_vanished(settings, redis):
+    settings.AES_REAPER_GRACE_SECONDS = 0
+    push(agent_run())
+    consume()
+    execution = Execution.objects.get()
+    execution.start({"max_iterations": 3}, 1)
+    Execution.objects.filter(pk=execution.pk).update(
+        deadline_at=timezone.now() - timedelta(seconds=5)
+    )
+    assert reaper.reap()["abandoned"] == 1
+    assert reaper.reap()["abandoned"] == 0
+    execution.refresh_from_db()
+    assert (execution.status, execution.error_code) == ("failed", "INTERNAL")
+    assert [c["data"]["error"]["code"] for c in callbacks()] == ["INTERNAL"]
+
+
+def _finished_but_unsent(peers, llm) -> Execution:
+    push(agent_run())
+    consume()
+    work()
+    execution = Execution.objects.get()
+    Execution.objects.filter(pk=execution.pk).update(
+        callback_sent_at=None, finished_at=timezone.now() - timedelta(minutes=1)
+    )
+    return execution
+
+
+def test_reaper_pushes_a_callback_recorded_but_never_pushed(peers, llm, redis):
+    execution = _finished_but_unsent(peers, llm)
+    redis.delete("test:callbacks", f"execution:callback_sent:{execution.id}")
+    assert reaper.reap()["callbacks"] == 1
+    assert [c["data"]["execution_id"] for c in callbacks()] == [str(execution.id)]
+    execution.refresh_from_db()
+    assert execution.callback_sent_at is not None
+
+
+def test_reaper_does_not_push_twice_a_callback_pushed_before_a_crash(peers, llm, redis):
+    execution = _finished_but_unsent(peers, llm)  # pushed, then "crashed" before marking
+    assert reaper.reap()["callbacks"] == 1
+    assert len(callbacks()) == 1
+    execution.refresh_from_db()
+    assert execution.callback_sent_at is not None
+
+
+def test_an_operator_can_list_and_resend_callbacks(peers, llm, redis, capsys):
+    execution = _finished_but_unsent(peers, llm)
+    call_command("resend_callbacks")
+    assert f"{execution.id} completed test:callbacks" in capsys.readouterr().out
+
+    call_command("resend_callbacks", str(execution.id))
+    sent = callbacks()
+    assert len(sent) == 2
+    assert sent[0]["event_id"] == sent[1]["event_id"]  # receivers can deduplicate
+    call_command("resend_callbacks")
+    assert capsys.readouterr().out.strip().endswith("0 undelivered")
+
+
+def test_the_worker_refuses_jobs_that_are_not_the_services(redis, tmp_path):
+    queue = django_rq.get_queue("free")
+    marker = tmp_path / "ran"
+    job = queue.enqueue_call("pathlib.Path.touch", args=(str(marker),))
+    ExecutionWorker([queue], connection=queue.connection).work(burst=True)
+    assert not marker.exists()
+    assert job.id in FailedJobRegistry(queue=queue).get_job_ids()

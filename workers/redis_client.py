@@ -10,8 +10,20 @@ import functools
 
 import redis
 from django.conf import settings
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from workers import keys
+
+
+def _retry() -> Retry:
+    # Rides out a Redis restart or failover of a few seconds: a command that
+    # meets a dropped connection reconnects and is sent again.
+    return Retry(
+        ExponentialWithJitterBackoff(base=0.1, cap=2.0),
+        retries=8,
+        supported_errors=(redis.ConnectionError, redis.TimeoutError),
+    )
 
 
 @functools.cache
@@ -23,6 +35,7 @@ def shared() -> redis.Redis:
         socket_connect_timeout=5,
         socket_keepalive=True,
         health_check_interval=30,
+        retry=_retry(),
     )
 
 
@@ -34,6 +47,7 @@ def blocking(block_seconds: float = keys.BLOCK_SECONDS) -> redis.Redis:
         socket_connect_timeout=5,
         socket_keepalive=True,
         health_check_interval=30,
+        retry=_retry(),
     )
 
 

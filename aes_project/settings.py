@@ -29,6 +29,9 @@ if SECRET_KEY is None:
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION
+if PRODUCTION:
+    # Behind a TLS-terminating proxy that sets X-Forwarded-Proto.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -39,9 +42,12 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_rq",
     "tiers",
     "executions",
+    "tokens",
     "workers",
     "standins",
 ]
@@ -55,6 +61,11 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+if not DEBUG:
+    # gunicorn serves the admin's and API docs' static files itself
+    # (collected into STATIC_ROOT); runserver does that in development.
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 ROOT_URLCONF = "aes_project.urls"
 WSGI_APPLICATION = "aes_project.wsgi.application"
@@ -140,25 +151,60 @@ AES_MAX_MESSAGE_BYTES = int(env_float("AES_MAX_MESSAGE_BYTES", 1024 * 1024, mini
 # --- API ---------------------------------------------------------------------
 
 REST_FRAMEWORK = {
-    # Staff only until tenant-scoped tokens exist: prompts and answers are
-    # customer data. Basic auth lets operators use curl with their login.
-    # Basic first, so a request without credentials gets 401 and a
-    # WWW-Authenticate header rather than a bare 403.
+    # Tenant tokens first; Basic before Session so a request without
+    # credentials gets 401 and a WWW-Authenticate header rather than 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "tokens.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.BasicAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "executions.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["executions.throttles.PerCallerThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"caller": env_str("AES_API_RATE", "600/min")},
 }
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Agent Execution Service API",
+    "DESCRIPTION": "Start, follow and cancel agent runs. See docs/api.md.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# DRF throttle counts, shared by every web process.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "aes-cache",
+    }
+}
+
+# Prompts and answers are customer data: they stay out of logs unless this is on.
+AES_LOG_CONTENT = env_bool("AES_LOG_CONTENT", False)
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"run": {"()": "aes_project.logs.RunContextFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s%(run_context)s",
+        },
+        "json": {"()": "aes_project.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if env_str("LOG_FORMAT", "plain") == "json" else "plain",
+            "filters": ["run"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"rq.worker": {"level": env_str("RQ_LOG_LEVEL", "WARNING")}},
 }

@@ -20,6 +20,16 @@ class Status(models.TextChoices):
     REJECTED = "rejected"
 
 
+# Execution ids are derived from the message's action_id, so whoever sends a
+# run (the API in particular) knows its id before the consumer records it.
+EXECUTION_ID_NAMESPACE = uuid.UUID("6b1f3c1e-5d0a-4f57-9a53-2f6d1b0c7e11")
+
+
+def execution_id_for(action_id: str) -> uuid.UUID:
+    """Return the id the Execution of `action_id` has, or will have."""
+    return uuid.uuid5(EXECUTION_ID_NAMESPACE, action_id)
+
+
 FINAL_STATUSES = frozenset(
     {Status.COMPLETED, Status.FAILED, Status.TIMEOUT, Status.CANCELLED, Status.REJECTED}
 )
@@ -88,7 +98,9 @@ class Execution(models.Model):
         The unique `action_id` makes a redelivered or duplicated message find
         the row it already made instead of running twice.
         """
-        return cls.objects.get_or_create(action_id=action_id, defaults=fields)
+        return cls.objects.get_or_create(
+            action_id=action_id, defaults={"id": execution_id_for(action_id), **fields}
+        )
 
     @property
     def is_final(self) -> bool:

@@ -1,8 +1,18 @@
+from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from executions.views import ExecutionViewSet
+from executions.metrics_views import MetricsView
+from executions.views import ExecutionViewSet, SessionExecutionsView
 
 router = DefaultRouter()
 router.register("executions", ExecutionViewSet, basename="execution")
 
-urlpatterns = router.urls
+urlpatterns = [
+    *router.urls,
+    path(
+        "sessions/<str:session_id>/executions/",
+        SessionExecutionsView.as_view(),
+        name="session-executions",
+    ),
+    path("metrics/", MetricsView.as_view(), name="api-metrics"),
+]

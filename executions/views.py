@@ -1,15 +1,34 @@
+"""The REST API: executions for polling dashboards and clients, scoped by tenant."""
+
 from __future__ import annotations
 
 from django.db import connection
 from django.http import JsonResponse
 from django_filters import rest_framework as filters
-from rest_framework import pagination, viewsets
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, pagination, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.filters import OrderingFilter
+from rest_framework.response import Response
+from rest_framework.reverse import reverse
 
 from executions.models import Execution
-from executions.serializers import ExecutionDetailSerializer, ExecutionSerializer
+from executions.permissions import StaffOrTenantToken, is_tenant
+from executions.serializers import (
+    CancelSerializer,
+    ExecutionDetailSerializer,
+    ExecutionSerializer,
+    ExecutionStepSerializer,
+    RunAcceptedSerializer,
+    RunRequestSerializer,
+)
 
 
 class ExecutionFilter(filters.FilterSet):
+    created_after = filters.IsoDateTimeFilter(field_name="queued_at", lookup_expr="gte")
+    created_before = filters.IsoDateTimeFilter(field_name="queued_at", lookup_expr="lt")
+
     class Meta:
         model = Execution
         fields = ["tenant_id", "session_id", "agent_id", "status", "tier", "task_id"]
@@ -19,18 +38,33 @@ class NewestFirst(pagination.CursorPagination):
     # A cursor stays stable while new runs arrive, unlike page numbers.
     ordering = ("-queued_at", "-id")
     page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class OldestFirst(NewestFirst):
+    ordering = ("queued_at", "id")
+
+
+def scoped(request):
+    """Return the executions the caller may see: all for staff, its tenant's for a token."""
+    queryset = Execution.objects.all()
+    if is_tenant(request):
+        queryset = queryset.filter(tenant_id=request.user.tenant_id)
+    return queryset
 
 
 class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
-    """Executions, newest first, with their steps on the detail route."""
+    """Executions, newest first; another tenant's id answers 404 on every route."""
 
+    permission_classes = [StaffOrTenantToken]
     filterset_class = ExecutionFilter
+    filter_backends = [filters.DjangoFilterBackend, OrderingFilter]
+    ordering_fields = ["queued_at", "finished_at"]
     pagination_class = NewestFirst
 
     def get_queryset(self):
-        # The one place that decides what a caller may see; tenant-scoped
-        # tokens will narrow it here.
-        queryset = Execution.objects.all()
+        queryset = scoped(self.request)
         if self.action == "retrieve":
             queryset = queryset.prefetch_related("steps")
         return queryset
@@ -38,9 +72,79 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
     def get_serializer_class(self):
         return ExecutionDetailSerializer if self.action == "retrieve" else ExecutionSerializer
 
+    @extend_schema(request=RunRequestSerializer, responses={202: RunAcceptedSerializer})
+    def create(self, request):
+        """Start a run through the tier's action list; poll the returned url."""
+        from workers.submit import Invalid, submit_agent_run
+
+        serializer = RunRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        fields = dict(serializer.validated_data)
+        if is_tenant(request):
+            tenant_id, tier = request.user.tenant_id, request.user.tier
+        else:
+            tenant_id, tier = fields.get("tenant_id"), fields.get("tier")
+            if not tenant_id or not tier:
+                raise ValidationError({"tenant_id": "Staff must name tenant_id and tier."})
+        try:
+            action_id, execution_id = submit_agent_run(
+                fields,
+                tenant_id=tenant_id,
+                tier=tier,
+                action_id=request.headers.get("Idempotency-Key"),
+            )
+        except Invalid as exc:
+            raise ValidationError({"message": str(exc)}) from None
+        url = reverse("execution-detail", args=[execution_id], request=request)
+        body = {"id": execution_id, "action_id": action_id, "status": "accepted", "url": url}
+        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": url})
+
+    @extend_schema(request=None, responses={200: ExecutionStepSerializer(many=True)})
+    @action(detail=True, methods=["get"])
+    def steps(self, request, pk=None):
+        """The execution's LLM and tool calls, in order."""
+        execution = self.get_object()
+        return Response(ExecutionStepSerializer(execution.steps.all(), many=True).data)
+
+    @extend_schema(request=None, responses={202: CancelSerializer, 409: None})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Cancel a run: a queued one at once, a running one at its next step."""
+        from workers.cancellation import cancel
+
+        execution = self.get_object()
+        if not cancel(execution):
+            return Response(
+                {"error": {"code": "ALREADY_FINISHED", "message": "The run has ended."}},
+                status=status.HTTP_409_CONFLICT,
+            )
+        execution.refresh_from_db(fields=["status"])
+        return Response({"id": execution.id, "status": execution.status}, status=202)
+
+
+class SessionExecutionsView(generics.ListAPIView):
+    """A session's executions, oldest first: the conversation as it happened."""
+
+    permission_classes = [StaffOrTenantToken]
+    serializer_class = ExecutionSerializer
+    pagination_class = OldestFirst
+
+    def get_queryset(self):
+        return scoped(self.request).filter(session_id=self.kwargs["session_id"])
+
+    def list(self, request, *args, **kwargs):
+        if not self.get_queryset().exists():
+            raise NotFound("No executions in this session.")
+        return super().list(request, *args, **kwargs)
+
 
 def health(request):
-    """Return 200 when the database and Redis answer, 503 otherwise."""
+    """Return 200 while the process serves requests (liveness)."""
+    return JsonResponse({"status": "ok"})
+
+
+def ready(request):
+    """Return 200 when the database and Redis answer, 503 otherwise (readiness)."""
     from workers import redis_client
 
     checks = {}

@@ -53,12 +53,12 @@ def ids(response) -> list[str]:
 # --- Access --------------------------------------------------------------------
 
 
-def test_anonymous_caller_is_refused_with_a_detail(client):
+def test_anonymous_caller_is_refused_with_a_stable_error(client):
     make_execution()
     response = client.get(LIST_URL)
     assert response.status_code == 401
-    assert response.headers["WWW-Authenticate"].startswith("Basic")
-    assert "detail" in response.json()
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.json()["error"]["code"] == "NOT_AUTHENTICATED"
     assert "results" not in response.json()
 
 
@@ -74,7 +74,7 @@ def test_logged_in_non_staff_user_is_forbidden(client, django_user_model):
     client.force_login(user)
     response = client.get(LIST_URL)
     assert response.status_code == 403
-    assert "detail" in response.json()
+    assert response.json()["error"]["code"] == "PERMISSION_DENIED"
 
 
 def test_staff_user_reads_the_list(admin_client):
@@ -95,8 +95,8 @@ def test_basic_auth_with_a_staff_login_reads_the_list(client, django_user_model)
 def test_basic_auth_with_a_wrong_password_is_refused(client, django_user_model):
     django_user_model.objects.create_user("operator", password="s3cret", is_staff=True)
     response = client.get(LIST_URL, HTTP_AUTHORIZATION=basic_auth("operator", "wrong"))
-    assert response.status_code in (401, 403)
-    assert "detail" in response.json()
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "AUTHENTICATION_FAILED"
 
 
 def test_basic_auth_of_a_non_staff_user_is_forbidden(client, django_user_model):
@@ -105,9 +105,12 @@ def test_basic_auth_of_a_non_staff_user_is_forbidden(client, django_user_model):
     assert response.status_code == 403
 
 
-def test_the_api_is_read_only(admin_client):
+def test_executions_cannot_be_edited_or_deleted(admin_client):
     execution = make_execution()
-    assert admin_client.post(LIST_URL, {}, content_type="application/json").status_code == 405
+    assert (
+        admin_client.put(detail_url(execution), {}, content_type="application/json").status_code
+        == 405
+    )
     assert admin_client.delete(detail_url(execution)).status_code == 405
     assert (
         admin_client.patch(
@@ -279,7 +282,8 @@ def test_filter_matches_exactly_not_by_prefix(admin_client, varied):
 def test_an_unknown_status_filter_is_a_bad_request(admin_client, varied):
     response = admin_client.get(LIST_URL, {"status": "exploded"})
     assert response.status_code == 400
-    assert "status" in response.json()
+    assert response.json()["error"]["code"] == "INVALID"
+    assert "status" in response.json()["error"]["details"]
 
 
 def test_no_filter_lists_everything_newest_first(admin_client, varied):
@@ -363,7 +367,7 @@ def test_detail_of_an_unknown_id_is_not_found(admin_client):
     make_execution()
     response = admin_client.get(detail_url(uuid.uuid4()))
     assert response.status_code == 404
-    assert "detail" in response.json()
+    assert response.json()["error"]["code"] == "NOT_FOUND"
 
 
 def test_detail_of_a_malformed_id_is_not_found(admin_client):
@@ -374,10 +378,14 @@ def test_detail_of_a_malformed_id_is_not_found(admin_client):
 # --- Health ------------------------------------------------------------------------------
 
 
-def test_health_reports_database_and_redis_ok(client):
-    response = client.get("/health")
+def test_ready_reports_database_and_redis_ok(client):
+    response = client.get("/ready")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}
+
+
+def test_health_answers_while_the_process_serves(client):
+    assert client.get("/health").json() == {"status": "ok"}
 
 
 # --- Admin ---------------------------------------------------------------------------------

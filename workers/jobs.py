@@ -13,6 +13,7 @@ import math
 import django_rq
 from rq.job import Job
 
+from aes_project import logs
 from executions.exceptions import Cancelled, InvalidAction
 from executions.models import Execution, Status
 from tiers import lookup
@@ -60,6 +61,14 @@ def run_execution(execution_id: str) -> str:
     if execution is None:
         log.warning("job for unknown execution %s dropped", execution_id)
         return "missing"
+    with logs.run_context(
+        execution_id=execution_id, task_id=execution.task_id, tenant_id=execution.tenant_id
+    ):
+        return _run_execution(execution)
+
+
+def _run_execution(execution: Execution) -> str:
+    execution_id = str(execution.id)
     if execution.is_final:
         # A redelivered or woken job: the run is over; finish what its end did.
         callbacks.deliver(execution)

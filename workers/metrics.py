@@ -64,3 +64,64 @@ def read(tier: str | None = None, tenant_id: str | None = None) -> list[dict[str
             }
         )
     return entries
+
+
+def quantile_ms(buckets: dict[int, int], total: int, q: float) -> int | None:
+    """Return the upper bound of the bucket holding quantile `q` (an estimate, in ms)."""
+    if total == 0:
+        return None
+    for bound in BUCKETS_MS:
+        if buckets.get(bound, 0) >= q * total:
+            return bound
+    return None  # beyond the largest bucket
+
+
+def summary(tenant_id: str | None = None) -> dict[str, Any]:
+    """Return totals by tier and status, duration quantiles and tokens, for dashboards."""
+    entries = read(tenant_id=tenant_id)
+    by_tier: dict[str, dict[str, Any]] = {}
+    by_status: dict[str, int] = {}
+    buckets = dict.fromkeys(BUCKETS_MS, 0)
+    runs = duration = prompt = completion = 0
+    for entry in entries:
+        tier = by_tier.setdefault(entry["tier"], {"runs": 0, "by_status": {}})
+        tier["runs"] += entry["runs"]
+        for status, count in entry["by_status"].items():
+            tier["by_status"][status] = tier["by_status"].get(status, 0) + count
+            by_status[status] = by_status.get(status, 0) + count
+        for bound, count in entry["duration_buckets"].items():
+            buckets[bound] += count
+        runs += entry["runs"]
+        duration += entry["duration_ms_sum"]
+        prompt += entry["prompt_tokens"]
+        completion += entry["completion_tokens"]
+    return {
+        "runs": runs,
+        "by_status": by_status,
+        "by_tier": by_tier,
+        "duration_ms": {
+            "mean": round(duration / runs) if runs else None,
+            "p50": quantile_ms(buckets, runs, 0.50),
+            "p95": quantile_ms(buckets, runs, 0.95),
+        },
+        "tokens": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
+
+
+def queue_depths(tiers: list[str]) -> dict[str, dict[str, int]]:
+    """Return, per tier, messages waiting for the consumer and jobs waiting for workers."""
+    import django_rq
+
+    client = redis_client.shared()
+    with client.pipeline(transaction=False) as pipe:
+        for tier in tiers:
+            pipe.llen(f"execution:{tier}:actions")
+        waiting = pipe.execute()
+    return {
+        tier: {"messages": messages, "jobs": django_rq.get_queue(tier).count}
+        for tier, messages in zip(tiers, waiting, strict=True)
+    }

@@ -1,0 +1,59 @@
+"""Runs started through the REST API take the same path as Redis producers'."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+
+from executions.models import execution_id_for
+from workers import keys, redis_client
+from workers.protocol import AGENT_RUN, AgentRunData, DomainAction, describe, now_iso
+
+RUN_DATA_FIELDS = (
+    "agent_id",
+    "message",
+    "message_type",
+    "user_info",
+    "conversation_id",
+    "max_iterations",
+    "timeout",
+)
+
+
+class Invalid(Exception):
+    """The run would be refused by the consumer; the message says why."""
+
+
+def submit_agent_run(
+    fields: dict[str, Any], *, tenant_id: str, tier: str, action_id: str | None = None
+) -> tuple[str, uuid.UUID]:
+    """Push an execution.agent_run onto the tier's list; return (action_id, execution id).
+
+    The message is validated with the consumer's own models first, so what
+    the API accepts the consumer records.
+    """
+    action_id = action_id or str(uuid.uuid4())
+    message = {
+        "action_id": action_id,
+        "action_type": AGENT_RUN,
+        "task_id": fields.get("task_id") or action_id,
+        "tenant_id": tenant_id,
+        "tenant_tier": tier,
+        "session_id": fields.get("session_id"),
+        "correlation_id": None,
+        "callback_queue": fields.get("callback_queue"),
+        "data": {name: fields[name] for name in RUN_DATA_FIELDS if name in fields},
+        "metadata": fields.get("metadata") or {},
+        "timestamp": now_iso(),
+    }
+    raw = json.dumps(message)
+    try:
+        DomainAction.model_validate_json(raw)
+        AgentRunData.model_validate(message["data"])
+    except ValidationError as exc:
+        raise Invalid(describe(exc)) from None
+    redis_client.shared().lpush(keys.actions(tier), raw)
+    return action_id, execution_id_for(action_id)

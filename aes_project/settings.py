@@ -160,7 +160,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "executions.schema.ApiSchema",
     "EXCEPTION_HANDLER": "executions.errors.api_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["executions.throttles.PerCallerThrottle"],
     "DEFAULT_THROTTLE_RATES": {"caller": env_str("AES_API_RATE", "600/min")},

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connection
 from django.http import JsonResponse
 from django_filters import rest_framework as filters
+from django_filters.fields import IsoDateTimeField
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, pagination, status, viewsets
 from rest_framework.decorators import action
@@ -25,9 +29,24 @@ from executions.serializers import (
 )
 
 
+class UtcDateTimeField(IsoDateTimeField):
+    """An ISO-8601 time, turned to UTC: PostgreSQL refuses offsets beyond ±16 h."""
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        try:
+            return value.astimezone(UTC) if value else value
+        except OverflowError:
+            raise DjangoValidationError("This time is out of range.", code="invalid") from None
+
+
+class UtcDateTimeFilter(filters.IsoDateTimeFilter):
+    field_class = UtcDateTimeField
+
+
 class ExecutionFilter(filters.FilterSet):
-    created_after = filters.IsoDateTimeFilter(field_name="queued_at", lookup_expr="gte")
-    created_before = filters.IsoDateTimeFilter(field_name="queued_at", lookup_expr="lt")
+    created_after = UtcDateTimeFilter(field_name="queued_at", lookup_expr="gte")
+    created_before = UtcDateTimeFilter(field_name="queued_at", lookup_expr="lt")
 
     class Meta:
         model = Execution
@@ -62,6 +81,8 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
     filter_backends = [filters.DjangoFilterBackend, OrderingFilter]
     ordering_fields = ["queued_at", "finished_at"]
     pagination_class = NewestFirst
+    # Any id reaches the view, so a malformed one is a JSON 404 like any other.
+    lookup_value_regex = "[^/]+"
 
     def get_queryset(self):
         queryset = scoped(self.request)
@@ -100,14 +121,14 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": url})
 
     @extend_schema(request=None, responses={200: ExecutionStepSerializer(many=True)})
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
     def steps(self, request, pk=None):
         """The execution's LLM and tool calls, in order."""
         execution = self.get_object()
         return Response(ExecutionStepSerializer(execution.steps.all(), many=True).data)
 
-    @extend_schema(request=None, responses={202: CancelSerializer, 409: None})
-    @action(detail=True, methods=["post"])
+    @extend_schema(request=None, responses={202: CancelSerializer})
+    @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
     def cancel(self, request, pk=None):
         """Cancel a run: a queued one at once, a running one at its next step."""
         from workers.cancellation import cancel
@@ -130,6 +151,8 @@ class SessionExecutionsView(generics.ListAPIView):
     pagination_class = OldestFirst
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return Execution.objects.none()
         return scoped(self.request).filter(session_id=self.kwargs["session_id"])
 
     def list(self, request, *args, **kwargs):

@@ -6,7 +6,6 @@ from aes_project.prometheus import metrics_view
 from executions.views import health, ready
 
 urlpatterns = [
-    path("admin/django-rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

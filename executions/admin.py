@@ -1,5 +1,10 @@
 from django.contrib import admin
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.http import urlencode
 
+from executions import admin_metrics
 from executions.models import Execution, ExecutionStep
 
 
@@ -46,6 +51,25 @@ class ExecutionAdmin(admin.ModelAdmin):
     search_fields = ("task_id", "session_id", "action_id")
     date_hierarchy = "queued_at"
     inlines = [ExecutionStepInline]
+    readonly_fields = ("session_history",)
+
+    @admin.display(description="Session")
+    def session_history(self, execution: Execution) -> str:
+        if not execution.session_id:
+            return "-"
+        query = urlencode({"session_id": execution.session_id, "tenant_id": execution.tenant_id})
+        url = f"{reverse('admin:executions_execution_changelist')}?{query}"
+        return format_html(
+            '<a href="{}">All executions of session {}</a>', url, execution.session_id
+        )
+
+    def get_urls(self):
+        metrics = self.admin_site.admin_view(self.metrics_view)
+        return [path("metrics/", metrics, name="executions_metrics"), *super().get_urls()]
+
+    def metrics_view(self, request):
+        context = admin_metrics.context(request, self.admin_site)
+        return TemplateResponse(request, "admin/executions/metrics.html", context)
 
     def has_add_permission(self, request) -> bool:
         return False

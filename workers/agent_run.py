@@ -83,6 +83,8 @@ def run(execution: Execution) -> Outcome:
             check_cancelled=check_cancelled,
         )
         result = loop.run(_prompt(agent, data, history))
+        if settings.AES_LOG_CONTENT:
+            log.info("message %r answered %r", data.message, result.response)
         _save_messages(execution, caller, data, result.response, limits, deadline)
         return Outcome(
             status="completed",

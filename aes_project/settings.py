@@ -110,6 +110,9 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # --- Redis and RQ -----------------------------------------------------------
 
+if PRODUCTION and not env_str("REDIS_URL"):
+    # A private server would lose every queued run on restart.
+    raise ImproperlyConfigured("REDIS_URL must be set in production.")
 REDIS_URL = embedded_redis.ensure_redis_url()
 
 # One RQ queue per tier, named after the tier. Tier limits live in the Tier

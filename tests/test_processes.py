@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -204,3 +205,91 @@ def test_a_run_whose_whole_worker_died_is_closed_by_the_reaper(peers, llm, redis
         service.wait(timeout=45)
         end(service)
     assert len(callbacks()) == 1
+
+
+class PrivateRedis:
+    """A Redis-compatible server of this test's own, restartable on its port."""
+
+    def __init__(self) -> None:
+        from aes_project import embedded_redis
+
+        self.binary = str(embedded_redis._binary())
+        self.port = embedded_redis._free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        import redis as redis_lib
+
+        wait_until(lambda: _pings(redis_lib.Redis.from_url(self.url)), what="the server")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def _pings(client) -> bool:
+    try:
+        return client.ping()
+    except Exception:
+        return False
+
+
+def test_a_redis_restart_mid_run_loses_nothing_recorded(llm):
+    import json as json_lib
+
+    import redis as redis_lib
+
+    from standins.peers import DevPeers, load_fixture
+    from tests.conftest import TIERS
+
+    server = PrivateRedis()
+    server.start()
+    client = redis_lib.Redis.from_url(server.url)
+    peers = DevPeers(client, TIERS, load_fixture())
+    stop = threading.Event()
+    peer_thread = threading.Thread(target=peers.serve, args=(stop,), daemon=True)
+    peer_thread.start()
+    llm.push_hang(3)  # the run is in its LLM call while Redis restarts
+    message = agent_run()
+    client.lpush("execution:free:actions", json_lib.dumps(message))
+    service = start_service("--rq-workers", "1", OPENAI_BASE_URL=llm.url, REDIS_URL=server.url)
+    try:
+        wait_until(lambda: llm.requests, what="the LLM call")
+        server.stop()
+        time.sleep(0.5)
+        server.start()  # empty: this server keeps nothing, like the CI's
+        raw = wait_until(
+            lambda: _pings(client) and client.lpop("test:callbacks"), timeout=40, what="callback"
+        )
+        callback = json_lib.loads(raw)
+        assert callback["data"]["status"] == "completed"
+        execution = Execution.objects.get(action_id=message["action_id"])
+        assert execution.status == "completed"
+        assert execution.callback_sent_at is not None
+        time.sleep(1)
+        assert client.llen("test:callbacks") == 0  # one callback, not two
+    finally:
+        service.send_signal(signal.SIGTERM)
+        try:
+            service.wait(timeout=45)
+        finally:
+            end(service)
+            stop.set()
+            peer_thread.join(timeout=5)
+            server.stop()

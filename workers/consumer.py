@@ -18,6 +18,7 @@ import uuid
 
 import redis
 from django.conf import settings
+from django.db import close_old_connections, connection
 
 from tiers import lookup
 from workers import handlers, keys, proxy, redis_client
@@ -106,6 +107,10 @@ class Consumer:
 
     def step(self) -> bool:
         """Handle the highest-priority waiting message; return False when there is none."""
+        # A database restart leaves a dead connection behind; drop it rather
+        # than fail every message after it (never inside a transaction).
+        if not connection.in_atomic_block:
+            close_old_connections()
         if self._retry is not None:
             source, raw = self._retry
         else:

@@ -22,6 +22,7 @@ from django.conf import settings
 from executions.agent_loop import Complete, Completion, ToolCall
 from executions.exceptions import ExecutionTimeout, LLMError
 
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 4
 BACKOFF_BASE_SECONDS = 0.5
@@ -41,7 +42,9 @@ def client() -> openai.OpenAI:
 def _client(base_url: str | None, api_key: str | None) -> openai.OpenAI:
     return openai.OpenAI(
         api_key=api_key or "not-set",
-        base_url=base_url,
+        # Explicit: given None, the client reads OPENAI_BASE_URL itself, and
+        # an empty variable would become an empty URL.
+        base_url=base_url or OPENAI_DEFAULT_BASE_URL,
         # Retries are the run's business: each must fit in the run's deadline.
         max_retries=0,
     )

@@ -25,17 +25,28 @@ def run_context(**fields: str) -> Iterator[None]:
         _context.reset(token)
 
 
-class RunContextFilter(logging.Filter):
-    """Copy the current run's ids onto each record (and a text suffix for plain logs)."""
+def install() -> None:
+    """Make every log record carry the current run's ids, whatever handler gets it.
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    A record factory rather than a handler filter, so records reach every
+    handler (and test capture) already tagged.
+    """
+    base = logging.getLogRecordFactory()
+    if getattr(base, "_aes_run_context", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = base(*args, **kwargs)
         fields = _context.get() or {}
         for name in FIELDS:
             setattr(record, name, fields.get(name))
         record.run_context = (
             " [" + " ".join(f"{k}={v}" for k, v in fields.items()) + "]" if fields else ""
         )
-        return True
+        return record
+
+    factory._aes_run_context = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 class JsonFormatter(logging.Formatter):

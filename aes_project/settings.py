@@ -12,7 +12,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from aes_project import embedded_redis
+from aes_project import embedded_redis, logs
 from aes_project.env import env_bool, env_float, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -191,10 +191,10 @@ CACHES = {
 # Prompts and answers are customer data: they stay out of logs unless this is on.
 AES_LOG_CONTENT = env_bool("AES_LOG_CONTENT", False)
 
+logs.install()  # records made during a run carry its ids
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"run": {"()": "aes_project.logs.RunContextFilter"}},
     "formatters": {
         "plain": {
             "format": "%(asctime)s %(levelname)s %(name)s %(message)s%(run_context)s",
@@ -205,7 +205,6 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json" if env_str("LOG_FORMAT", "plain") == "json" else "plain",
-            "filters": ["run"],
         }
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},

@@ -95,6 +95,12 @@ def conclude(execution: Execution, outcome: Outcome) -> bool:
         usage=outcome.usage,
     )
     if won:
+        log.info(
+            "execution %s ended %s%s",
+            execution.id,
+            outcome.status,
+            f" ({outcome.error_code}: {outcome.error_message})" if outcome.error_code else "",
+        )
         try:
             deliver(execution)
             metrics.record(execution)

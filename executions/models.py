@@ -6,7 +6,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from django.db import models
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 
@@ -98,9 +98,14 @@ class Execution(models.Model):
         The unique `action_id` makes a redelivered or duplicated message find
         the row it already made instead of running twice.
         """
-        return cls.objects.get_or_create(
-            action_id=action_id, defaults={"id": execution_id_for(action_id), **fields}
-        )
+        # Insert first: a new action_id (the common case) costs one query.
+        try:
+            with transaction.atomic():
+                return cls.objects.create(
+                    id=execution_id_for(action_id), action_id=action_id, **fields
+                ), True
+        except IntegrityError:
+            return cls.objects.get(action_id=action_id), False
 
     @property
     def is_final(self) -> bool:

@@ -156,7 +156,9 @@ def _agent_run(tier: str, action: DomainAction, raw: bytes) -> None:
     if execution.session_id:
         # Runs of a session start in the order they were recorded.
         gates.join_session(execution.tenant_id, execution.session_id, str(execution.id))
-    if created or execution.status == Status.QUEUED:
+    if created:
+        jobs.enqueue(execution, known_new=True)
+    elif execution.status == Status.QUEUED:
         jobs.enqueue(execution)
 
 

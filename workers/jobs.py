@@ -31,16 +31,16 @@ RESULT_TTL_SECONDS = 3600
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 
 
-def enqueue(execution: Execution, *, wake: bool = False) -> None:
+def enqueue(execution: Execution, *, wake: bool = False, known_new: bool = False) -> None:
     """Put the execution's job on its tier's RQ queue.
 
-    Unless `wake` is set, nothing is done when the job is already known to
-    RQ (a redelivered message). A woken run goes to the front of its queue:
-    it has waited its turn already.
+    Nothing is done when RQ knows the job already (a redelivered message),
+    unless `wake` is set; `known_new` skips that check for a row just made.
+    A woken run goes to the front of its queue: it has waited its turn.
     """
     queue = django_rq.get_queue(execution.tier)
     job_id = str(execution.id)
-    if not wake and Job.exists(job_id, connection=queue.connection):
+    if not (wake or known_new) and Job.exists(job_id, connection=queue.connection):
         return
     tier = lookup.get_tier(execution.tier)
     timeout = tier.timeout_seconds if tier else 60

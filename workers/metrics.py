@@ -1,10 +1,11 @@
 """Run counters in Redis per tier and tenant, updated once per run in one round trip.
 
-`metrics:{tier}:{tenant}` is a hash: `runs`, `status:{status}`,
-`duration_ms_sum`, `prompt_tokens`, `completion_tokens`, and cumulative
-duration buckets `le:{ms}` (each run counts in every bucket at least as large
-as its duration, as Prometheus histograms do). `metrics:index` lists the
-hashes that exist. Every process and machine adds to the same counters.
+`metrics:{tier}:{tenant}` is a hash: `status:{status}`, `duration_ms_sum`,
+`prompt_tokens`, `completion_tokens`, and duration buckets `in:{ms}` (each
+run counts once, in the smallest bucket that holds its duration; `read()`
+adds them up into cumulative Prometheus-style buckets). `metrics:index` lists
+the hashes that exist. Every process and machine adds to the same counters,
+in one round trip of six commands per run.
 """
 
 from __future__ import annotations
@@ -27,16 +28,14 @@ def record(execution: Execution) -> None:
     """Count one finished run."""
     key = _key(execution.tier, execution.tenant_id)
     duration = execution.duration_ms or 0
+    bucket = next((bound for bound in BUCKETS_MS if duration <= bound), "inf")
     with redis_client.shared().pipeline(transaction=False) as pipe:
         pipe.sadd(INDEX, key)
-        pipe.hincrby(key, "runs", 1)
         pipe.hincrby(key, f"status:{execution.status}", 1)
         pipe.hincrby(key, "duration_ms_sum", duration)
         pipe.hincrby(key, "prompt_tokens", execution.prompt_tokens)
         pipe.hincrby(key, "completion_tokens", execution.completion_tokens)
-        for bound in BUCKETS_MS:
-            if duration <= bound:
-                pipe.hincrby(key, f"le:{bound}", 1)
+        pipe.hincrby(key, f"in:{bucket}", 1)
         pipe.execute()
 
 
@@ -49,16 +48,19 @@ def read(tier: str | None = None, tenant_id: str | None = None) -> list[dict[str
         if (tier and key_tier != tier) or (tenant_id and key_tenant != tenant_id):
             continue
         fields = {k.decode(): int(v) for k, v in client.hgetall(raw_key).items()}
+        by_status = {k.split(":", 1)[1]: v for k, v in fields.items() if k.startswith("status:")}
+        cumulative, running = {}, 0
+        for bound in BUCKETS_MS:
+            running += fields.get(f"in:{bound}", 0)
+            cumulative[bound] = running
         entries.append(
             {
                 "tier": key_tier,
                 "tenant_id": key_tenant,
-                "runs": fields.get("runs", 0),
-                "by_status": {
-                    k.split(":", 1)[1]: v for k, v in fields.items() if k.startswith("status:")
-                },
+                "runs": sum(by_status.values()),
+                "by_status": by_status,
                 "duration_ms_sum": fields.get("duration_ms_sum", 0),
-                "duration_buckets": {bound: fields.get(f"le:{bound}", 0) for bound in BUCKETS_MS},
+                "duration_buckets": cumulative,
                 "prompt_tokens": fields.get("prompt_tokens", 0),
                 "completion_tokens": fields.get("completion_tokens", 0),
             }

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # Times one message is tried when its handler fails before it is dead-lettered.
 MAX_ATTEMPTS = 5
+# Seconds the loop waits for an intake thread to report before choosing.
+SETTLE_SECONDS = 1.0
 # Dead consumers a message may outlive before it is taken for the killer.
 MAX_REDELIVERIES = 3
 
@@ -139,23 +141,27 @@ class Consumer:
         return True
 
     def _next(self) -> tuple[Source | None, bytes | None]:
-        for source in self.sources:
-            raw = self._take(source)
+        if not self._intakes:  # burst mode: no threads, one look at each list
+            for source in self.sources:
+                raw = self.redis.lmove(
+                    source.key, keys.processing(self.id, source.key), "RIGHT", "LEFT"
+                )
+                if raw is not None:
+                    return source, raw
+            return None, None
+        for intake in self._intakes.values():
+            # Normally settled long ago; bounded so a stuck thread cannot stall us.
+            intake.settled.wait(timeout=SETTLE_SECONDS)
+        for source, intake in self._intakes.items():
+            raw = intake.take()
             if raw is not None:
                 return source, raw
         return None, None
 
-    def _take(self, source: Source) -> bytes | None:
-        intake = self._intakes.get(source)
-        held = intake.take_held() if intake else None
-        if held is not None:
-            return held
-        return self.redis.lmove(source.key, keys.processing(self.id, source.key), "RIGHT", "LEFT")
-
     def _wait_for_work(self) -> None:
         self._wake.clear()
-        for intake in self._intakes.values():
-            intake.armed.set()
+        if any(intake.holds for intake in self._intakes.values()):
+            return
         self._wake.wait(timeout=max(0.0, self._next_heartbeat - time.monotonic()))
 
     def _heartbeat(self) -> None:

@@ -44,7 +44,10 @@ def run(execution: Execution) -> Outcome:
     result = None
     try:
         if not gates.within_rate(
-            execution.tenant_id, limits["rate_limit_per_minute"], limits["rate_limit_per_day"]
+            execution.tenant_id,
+            str(execution.id),
+            limits["rate_limit_per_minute"],
+            limits["rate_limit_per_day"],
         ):
             raise RateLimited(f"tenant {execution.tenant_id!r} is over its tier's rate limit")
         agent = peers.get_agent_config(

@@ -12,8 +12,8 @@ script or pipeline:
   cannot hold one forever). A run that finds none joins the tenant's
   waiting list and stays `queued`; a run that ends wakes the first waiter,
   and a newcomer never takes a slot before the runs already waiting.
-- Rate: fixed one-minute and one-day windows per tenant; a run over either
-  limit is rejected and not counted.
+- Rate: sliding one-minute and one-day windows per tenant; a run over
+  either limit is rejected and not counted.
 
 Waking a run means enqueueing its job again: the job claims its row
 conditionally, so a spurious wake-up does nothing.
@@ -126,21 +126,44 @@ def release_slot(tenant_id: str, execution_id: str) -> str | None:
     return head.decode() if head is not None else None
 
 
-def within_rate(tenant_id: str, per_minute: int | None, per_day: int | None) -> bool:
-    """Count one run against the tenant's windows; False (and not counted) when over."""
+_RATE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local windows = {{KEYS[1], 60000, tonumber(ARGV[2])}, {KEYS[2], 86400000, tonumber(ARGV[3])}}
+for _, w in ipairs(windows) do
+  if w[3] >= 0 then
+    redis.call('ZREMRANGEBYSCORE', w[1], '-inf', now - w[2])
+    if redis.call('ZCARD', w[1]) >= w[3] then return 0 end
+  end
+end
+for _, w in ipairs(windows) do
+  if w[3] >= 0 then
+    redis.call('ZADD', w[1], now, ARGV[1])
+    redis.call('PEXPIRE', w[1], w[2])
+  end
+end
+return 1
+"""
+
+
+def within_rate(
+    tenant_id: str, execution_id: str, per_minute: int | None, per_day: int | None
+) -> bool:
+    """Count one run in the tenant's sliding minute and day; False (not counted) when over.
+
+    Sliding windows (sorted sets of start times, by the Redis server's
+    clock): "10 a minute" means in any 60 seconds, not per calendar minute.
+    """
     if per_minute is None and per_day is None:
         return True
-    now = time.time()
-    minute_key = f"rate:{tenant_id}:m:{int(now // 60)}"
-    day_key = f"rate:{tenant_id}:d:{int(now // 86400)}"
-    client = redis_client.shared()
-    with client.pipeline(transaction=True) as pipe:
-        pipe.incr(minute_key).expire(minute_key, 120).incr(day_key).expire(day_key, 2 * 86400)
-        minute_count, _, day_count, _ = pipe.execute()
-    over = (per_minute is not None and minute_count > per_minute) or (
-        per_day is not None and day_count > per_day
+    return bool(
+        redis_client.shared().eval(
+            _RATE,
+            2,
+            f"rate:{tenant_id}:minute",
+            f"rate:{tenant_id}:day",
+            execution_id,
+            -1 if per_minute is None else per_minute,
+            -1 if per_day is None else per_day,
+        )
     )
-    if over:
-        with client.pipeline(transaction=True) as pipe:
-            pipe.decr(minute_key).decr(day_key).execute()
-    return not over

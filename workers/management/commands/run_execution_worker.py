@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
 from tiers import lookup
-from workers import keys, reaper
+from workers import keys, reaper, redis_client
 from workers.consumer import Consumer
 from workers.supervisor import WorkerPool
 
@@ -41,9 +41,14 @@ class Command(BaseCommand):
         if rq_workers < 0:
             raise CommandError("--rq-workers must be 0 or more")
         # A socket timeout shorter than a blocking read's wait would raise
-        # spurious TimeoutErrors and look like a dead Redis.
-        if keys.SOCKET_MARGIN_SECONDS <= 0 or keys.BLOCK_SECONDS <= 0:
-            raise CommandError("blocking reads need a socket timeout above their wait")
+        # spurious TimeoutErrors and look like a dead Redis; none at all
+        # could hang forever on a dead link.
+        timeout = redis_client.blocking().connection_pool.connection_kwargs.get("socket_timeout")
+        if timeout is None or timeout <= keys.BLOCK_SECONDS:
+            raise CommandError(
+                f"blocking Redis reads wait {keys.BLOCK_SECONDS}s but their socket "
+                f"timeout is {timeout}: it must be longer"
+            )
         tiers = [tier.name for tier in lookup.tiers_by_priority()]
         if not tiers:
             raise CommandError("no tiers are defined: run `python manage.py migrate` first")

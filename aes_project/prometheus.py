@@ -31,28 +31,16 @@ class ServiceCollector:
             "aes_run_duration_seconds", "Run duration, start to end.", labels=["tier"]
         )
         for tier in tiers:
-            entries = metrics.read(tier=tier)
-            statuses: dict[str, int] = {}
-            buckets = dict.fromkeys(metrics.BUCKETS_MS, 0)
-            total = duration_ms = prompt = completion = 0
-            for entry in entries:
-                for status, count in entry["by_status"].items():
-                    statuses[status] = statuses.get(status, 0) + count
-                for bound, count in entry["duration_buckets"].items():
-                    buckets[bound] += count
-                total += entry["runs"]
-                duration_ms += entry["duration_ms_sum"]
-                prompt += entry["prompt_tokens"]
-                completion += entry["completion_tokens"]
-            for status, count in sorted(statuses.items()):
+            total = metrics.combine(metrics.read(tier=tier))
+            for status, count in sorted(total["by_status"].items()):
                 runs.add_metric([tier, status], count)
-            tokens.add_metric([tier, "prompt"], prompt)
-            tokens.add_metric([tier, "completion"], completion)
+            tokens.add_metric([tier, "prompt"], total["prompt_tokens"])
+            tokens.add_metric([tier, "completion"], total["completion_tokens"])
             durations.add_metric(
                 [tier],
-                [(str(bound / 1000), count) for bound, count in buckets.items()]
-                + [("+Inf", total)],
-                sum_value=duration_ms / 1000,
+                [(str(bound / 1000), count) for bound, count in total["duration_buckets"].items()]
+                + [("+Inf", total["runs"])],
+                sum_value=total["duration_ms_sum"] / 1000,
             )
         yield from (runs, tokens, durations)
 

@@ -78,38 +78,48 @@ def quantile_ms(buckets: dict[int, int], total: int, q: float) -> int | None:
     return None  # beyond the largest bucket
 
 
+def combine(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add up entries of read(): runs, by_status, buckets, duration sum, tokens."""
+    total: dict[str, Any] = {
+        "runs": 0,
+        "by_status": {},
+        "duration_buckets": dict.fromkeys(BUCKETS_MS, 0),
+        "duration_ms_sum": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+    }
+    for entry in entries:
+        for status, count in entry["by_status"].items():
+            total["by_status"][status] = total["by_status"].get(status, 0) + count
+        for bound, count in entry["duration_buckets"].items():
+            total["duration_buckets"][bound] += count
+        for field in ("runs", "duration_ms_sum", "prompt_tokens", "completion_tokens"):
+            total[field] += entry[field]
+    return total
+
+
 def summary(tenant_id: str | None = None) -> dict[str, Any]:
     """Return totals by tier and status, duration quantiles and tokens, for dashboards."""
     entries = read(tenant_id=tenant_id)
-    by_tier: dict[str, dict[str, Any]] = {}
-    by_status: dict[str, int] = {}
-    buckets = dict.fromkeys(BUCKETS_MS, 0)
-    runs = duration = prompt = completion = 0
-    for entry in entries:
-        tier = by_tier.setdefault(entry["tier"], {"runs": 0, "by_status": {}})
-        tier["runs"] += entry["runs"]
-        for status, count in entry["by_status"].items():
-            tier["by_status"][status] = tier["by_status"].get(status, 0) + count
-            by_status[status] = by_status.get(status, 0) + count
-        for bound, count in entry["duration_buckets"].items():
-            buckets[bound] += count
-        runs += entry["runs"]
-        duration += entry["duration_ms_sum"]
-        prompt += entry["prompt_tokens"]
-        completion += entry["completion_tokens"]
+    total = combine(entries)
+    by_tier = {}
+    for tier in dict.fromkeys(entry["tier"] for entry in entries):
+        per_tier = combine([entry for entry in entries if entry["tier"] == tier])
+        by_tier[tier] = {"runs": per_tier["runs"], "by_status": per_tier["by_status"]}
+    runs, buckets = total["runs"], total["duration_buckets"]
     return {
         "runs": runs,
-        "by_status": by_status,
+        "by_status": total["by_status"],
         "by_tier": by_tier,
         "duration_ms": {
-            "mean": round(duration / runs) if runs else None,
+            "mean": round(total["duration_ms_sum"] / runs) if runs else None,
             "p50": quantile_ms(buckets, runs, 0.50),
             "p95": quantile_ms(buckets, runs, 0.95),
         },
         "tokens": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
+            "prompt_tokens": total["prompt_tokens"],
+            "completion_tokens": total["completion_tokens"],
+            "total_tokens": total["prompt_tokens"] + total["completion_tokens"],
         },
     }
 

@@ -162,3 +162,44 @@ def test_the_worker_refuses_jobs_that_are_not_the_services(redis, tmp_path):
     ExecutionWorker([queue], connection=queue.connection).work(burst=True)
     assert not marker.exists()
     assert job.id in FailedJobRegistry(queue=queue).get_job_ids()
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_the_consumer_reconnects_after_the_database_dropped_its_connection(redis):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("closing a session from outside needs PostgreSQL")
+    push(agent_run())
+    consume()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    # As a database restart would: the server ends the consumer's session.
+    import psycopg
+
+    settings_dict = connection.settings_dict
+    with psycopg.connect(
+        host=settings_dict["HOST"],
+        port=settings_dict["PORT"] or 5432,
+        user=settings_dict["USER"],
+        dbname=settings_dict["NAME"],
+        autocommit=True,
+    ) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    # A cancel's first query runs outside any transaction, where Django does
+    # not notice a dead connection by itself.
+    push(
+        {
+            **agent_run(),
+            "action_type": "execution.cancel",
+            "correlation_id": "c-1",
+            "callback_queue": "canceller:replies",
+            "data": {"task_id": "no-such-task"},
+        }
+    )
+    consume()
+    assert dead_letters() == []
+    reply = json.loads(redis.rpop("canceller:replies"))
+    assert reply["error"]["code"] == "NOT_FOUND"

@@ -36,6 +36,10 @@ def shared() -> redis.Redis:
         socket_keepalive=True,
         health_check_interval=30,
         retry=_retry(),
+        # No CLIENT SETINFO on every new connection: each forked work-horse
+        # opens its own, so it would cost two commands per run.
+        lib_name=None,
+        lib_version=None,
     )
 
 
@@ -48,6 +52,10 @@ def blocking(block_seconds: float = keys.BLOCK_SECONDS) -> redis.Redis:
         socket_keepalive=True,
         health_check_interval=30,
         retry=_retry(),
+        # No CLIENT SETINFO on every new connection: each forked work-horse
+        # opens its own, so it would cost two commands per run.
+        lib_name=None,
+        lib_version=None,
     )
 
 

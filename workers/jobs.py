@@ -7,17 +7,19 @@ ends; the run ahead of it wakes it by enqueueing its job again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
-import django_rq
+from rq import Queue
 from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from aes_project import logs
 from executions.exceptions import Cancelled, InvalidAction
 from executions.models import Execution, Status
 from tiers import lookup
-from workers import agent_run, callbacks, cancellation, gates
+from workers import agent_run, callbacks, cancellation, gates, redis_client
 from workers.callbacks import Outcome
 from workers.protocol import AgentRunData
 
@@ -31,6 +33,16 @@ RESULT_TTL_SECONDS = 3600
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 
 
+@functools.cache
+def tier_queue(tier: str) -> Queue:
+    """Return the tier's RQ queue, one per process, on the shared client.
+
+    django_rq.get_queue builds a new client (a new connection, and RQ's
+    version check on it) at every call.
+    """
+    return Queue(tier, connection=redis_client.shared(), serializer=JSONSerializer)
+
+
 def enqueue(execution: Execution, *, wake: bool = False, known_new: bool = False) -> None:
     """Put the execution's job on its tier's RQ queue.
 
@@ -38,7 +50,7 @@ def enqueue(execution: Execution, *, wake: bool = False, known_new: bool = False
     unless `wake` is set; `known_new` skips that check for a row just made.
     A woken run goes to the front of its queue: it has waited its turn.
     """
-    queue = django_rq.get_queue(execution.tier)
+    queue = tier_queue(execution.tier)
     job_id = str(execution.id)
     if not (wake or known_new) and Job.exists(job_id, connection=queue.connection):
         return

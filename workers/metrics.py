@@ -126,7 +126,7 @@ def summary(tenant_id: str | None = None) -> dict[str, Any]:
 
 def queue_depths(tiers: list[str]) -> dict[str, dict[str, int]]:
     """Return, per tier, messages waiting for the consumer and jobs waiting for workers."""
-    import django_rq
+    from workers.jobs import tier_queue
 
     client = redis_client.shared()
     with client.pipeline(transaction=False) as pipe:
@@ -134,6 +134,6 @@ def queue_depths(tiers: list[str]) -> dict[str, dict[str, int]]:
             pipe.llen(f"execution:{tier}:actions")
         waiting = pipe.execute()
     return {
-        tier: {"messages": messages, "jobs": django_rq.get_queue(tier).count}
+        tier: {"messages": messages, "jobs": tier_queue(tier).count}
         for tier, messages in zip(tiers, waiting, strict=True)
     }

@@ -52,17 +52,14 @@ def reap() -> dict[str, int]:
         client.delete(LOCK)
 
 
-def _job_is_live(execution: Execution) -> bool:
-    job = Job.fetch_many([str(execution.id)], connection=redis_client.shared())[0]
-    return job is not None and job.get_status(refresh=False) in _LIVE_JOB
-
-
 def _requeue_lost_jobs() -> int:
     cutoff = timezone.now() - timedelta(seconds=QUEUED_GRACE_SECONDS)
+    stale = list(Execution.objects.filter(status=Status.QUEUED, queued_at__lt=cutoff)[:BATCH])
+    # One pipelined read for the whole batch.
+    found = Job.fetch_many([str(e.id) for e in stale], connection=redis_client.shared())
     count = 0
-    stale = Execution.objects.filter(status=Status.QUEUED, queued_at__lt=cutoff)
-    for execution in stale[:BATCH]:
-        if not _job_is_live(execution):
+    for execution, job in zip(stale, found, strict=True):
+        if job is None or job.get_status(refresh=False) not in _LIVE_JOB:
             jobs.enqueue(execution, wake=True)
             count += 1
     if count:

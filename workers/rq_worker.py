@@ -15,6 +15,7 @@ from rq.worker import Worker
 
 # Imported here, in the worker process, so every forked work-horse starts with
 # the job module (and openai, pydantic, the models) already loaded.
+from tiers import lookup
 from workers.jobs import close_abandoned
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ class ExecutionWorker(Worker):
         forked work-horse inherits them (measured: bench/profile_run.py
         --warm, 173 ms to 79 ms per run). No connection is opened here.
         """
-        from tiers import lookup
         from workers import llm
 
         llm.client().chat.completions  # noqa: B018  imports the chat resources
@@ -64,6 +64,9 @@ class ExecutionWorker(Worker):
         super().execute_job(job, queue)
 
     def fork_work_horse(self, job, queue) -> None:
+        # Refresh the tier cache here (one query per worker every few
+        # seconds) so that horses inherit it rather than each query it.
+        lookup.tiers_by_priority()
         connections.close_all()
         super().fork_work_horse(job, queue)
 

@@ -39,7 +39,9 @@ class WorkerPool:
 
     def command(self) -> list[str]:
         manage = Path(settings.BASE_DIR) / "manage.py"
-        command = [sys.executable, str(manage), "rqworker", *self.queues]
+        # Verbosity 0: rqworker would otherwise set rq's loggers to INFO,
+        # three lines per job, overriding RQ_LOG_LEVEL.
+        command = [sys.executable, str(manage), "rqworker", "--verbosity", "0", *self.queues]
         if self.burst:
             command.append("--burst")
         return command

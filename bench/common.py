@@ -1,0 +1,216 @@
+"""What the bench and the soak share: environment, child processes, Redis and counters."""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+MANAGE = [PYTHON, str(ROOT / "manage.py")]
+COUNTING = ROOT / "bench" / "counting"
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: a bench that dies takes its
+    # children with it (run_execution_worker shuts down warm on SIGTERM).
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+@dataclass
+class Env:
+    """Where the pipeline runs: database, Redis, counters and logs."""
+
+    database_url: str
+    redis_url: str
+    workdir: Path
+    count_dir: Path
+    children: list[subprocess.Popen] = field(default_factory=list)
+
+    def child_env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            DATABASE_URL=self.database_url,
+            REDIS_URL=self.redis_url,
+            AES_BENCH_COUNT_DIR=str(self.count_dir),
+            PYTHONPATH=os.pathsep.join([str(COUNTING), str(ROOT)]),
+            LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
+        )
+        env.update(extra)
+        return env
+
+    def start(self, command: list[str], log: str, **extra: str) -> subprocess.Popen:
+        """Start a child with its output in `{workdir}/{log}.log`."""
+        out = open(self.workdir / f"{log}.log", "ab")
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=self.child_env(**extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        out.close()
+        self.children.append(process)
+        return process
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, socket_timeout=60)
+
+
+def prepare(database_url: str | None, redis_url: str | None, *, flush: bool) -> Env:
+    """Resolve the database and Redis, migrate, and load Django in this process.
+
+    With no database given, a private SQLite file is used (never the
+    project's own db.sqlite3); with no Redis given, the embedded server.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="aes-bench-"))
+    database_url = database_url or os.environ.get("DATABASE_URL")
+    if not database_url:
+        database_url = f"sqlite:///{workdir / 'bench.sqlite3'}"
+    redis_url = redis_url or os.environ.get("REDIS_URL")
+    if not redis_url:
+        from aes_project import embedded_redis
+
+        redis_url = embedded_redis.start()
+        flush = True  # a private server: nothing of anyone else's is there
+    os.environ.update(DATABASE_URL=database_url, REDIS_URL=redis_url)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aes_project.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    client = redis.Redis.from_url(redis_url)
+    if client.dbsize() and not flush:
+        raise SystemExit(
+            f"{redact(redis_url)} is not empty: give the bench a Redis database of its own "
+            "and pass --flush to empty it first"
+        )
+    client.flushdb()
+    count_dir = workdir / "counts"
+    count_dir.mkdir()
+    return Env(database_url, redis_url, workdir, count_dir)
+
+
+def redact(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(parsed.password, "***")
+    return url
+
+
+def stop(process: subprocess.Popen, timeout: float = 40.0) -> int | None:
+    """SIGTERM `process` (by its PID), wait up to `timeout`, then SIGKILL it."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    return process.returncode
+
+
+def stop_all(env: Env) -> None:
+    for process in reversed(env.children):
+        stop(process)
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def commandstats(client: redis.Redis) -> dict[str, int]:
+    """Calls per command since the server started (commands inside Lua included)."""
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+
+
+def server_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    keys = set(after) | set(before)
+    changed = {k: after.get(k, 0) - before.get(k, 0) for k in keys}
+    return {k: v for k, v in changed.items() if v}
+
+
+def read_counts(count_dir: Path) -> dict[str, dict[str, dict[str, int]]]:
+    """Sum what every instrumented process wrote: {role: {"sql"|"redis"|"trips": {name: n}}}."""
+    total: dict[str, dict[str, dict[str, int]]] = {}
+    for path in glob.glob(str(count_dir / "*.json")):
+        for _attempt in range(3):
+            try:
+                body = json.loads(Path(path).read_bytes() or b"{}")
+                break
+            except ValueError:
+                time.sleep(0.01)  # caught mid-write
+        else:
+            continue
+        if not body:
+            continue
+        role = total.setdefault(body["role"], {"sql": {}, "redis": {}, "trips": {}})
+        body["trips"] = {"roundtrips": body["redis_roundtrips"]}
+        for kind in ("sql", "redis", "trips"):
+            for name, n in body[kind].items():
+                role[kind][name] = role[kind].get(name, 0) + n
+    return total
+
+
+def counts_diff(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """What each role did between two read_counts()."""
+    empty = {"sql": {}, "redis": {}, "trips": {}}
+    return {
+        role: {kind: diff(values[kind], before.get(role, empty)[kind]) for kind in empty}
+        for role, values in after.items()
+    }
+
+
+def merged(counts: dict[str, Any], kind: str, roles: tuple[str, ...]) -> dict[str, int]:
+    """One kind of count, summed over `roles`."""
+    total: dict[str, int] = {}
+    for role in roles:
+        for name, n in counts.get(role, {}).get(kind, {}).items():
+            total[name] = total.get(name, 0) + n
+    return total
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """The p-th percentile (nearest rank) of `values`, or None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]

@@ -1,0 +1,126 @@
+"""The floor: what bare RQ and bare Redis do on the same machine, Redis and worker count."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from rq import Queue, Worker
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from bench.common import MANAGE, Env, commandstats, diff, percentile, stop, wait_until
+from bench.pipeline import counting_client
+
+WORKER_CLASSES = {"fork": "rq.worker.Worker", "simple": "rq.worker.SimpleWorker"}
+QUEUE = "enterprise"  # a queue django-rq knows; the AES is stopped while the floor runs
+
+
+def rq_noop(
+    env: Env, *, workers: int, jobs: int, worker_class: str, pings: int = 50
+) -> dict[str, Any]:
+    """No-op jobs/s through `workers` RQ worker processes, and Redis commands per job.
+
+    The workers are `manage.py rqworker` processes, as the AES's are (Django
+    loaded, so a forked work-horse is as large), with RQ's plain class:
+    the AES's class refuses any job but its own. Jobs are enqueued one by
+    one, with the job options the AES uses, while the workers wait.
+    """
+    processes = [
+        env.start(
+            [
+                *MANAGE,
+                "rqworker",
+                "--worker-class",
+                WORKER_CLASSES[worker_class],
+                "--serializer",
+                "rq.serializers.JSONSerializer",
+                QUEUE,
+            ],
+            "floor-workers",
+        )
+        for _ in range(workers)
+    ]
+    plain = redis.Redis.from_url(env.redis_url)
+    try:
+        wait_until(lambda: len(Worker.all(connection=plain)) >= workers, 120, "floor workers")
+        time.sleep(1.0)  # let them settle into their blocking dequeue
+        enqueuer = redis.Redis.from_url(env.redis_url)
+        poller = counting_client(env.redis_url)
+        queue = Queue(QUEUE, connection=enqueuer, serializer=JSONSerializer)
+        ids = [str(uuid.uuid4()) for _ in range(jobs)]
+        already = queue.finished_job_registry.get_job_count()
+        before = commandstats(poller)
+        started = datetime.now(UTC)
+        for job_id in ids:
+            queue.enqueue_call(
+                "bench.noop.noop",
+                job_id=job_id,
+                timeout=330,
+                result_ttl=3600,
+                failure_ttl=7 * 24 * 3600,
+            )
+        finished = queue.finished_job_registry
+        # The AES's own finished jobs of this queue are there too (kept an hour).
+        wait_until(
+            lambda: finished.get_job_count() >= already + jobs, 30 + jobs / 5, "the no-op jobs"
+        )
+        own = dict(poller.sent)  # the bench's polling and INFO are not RQ's
+        calls = diff(commandstats(poller), before)
+        for name, n in own.items():
+            calls[name] = calls.get(name, 0) - n
+        ended = [
+            j.ended_at for j in Job.fetch_many(ids, connection=plain, serializer=JSONSerializer)
+        ]
+        last = max(e for e in ended if e is not None).replace(tzinfo=UTC)
+        seconds = (last - started).total_seconds()
+        latencies = _ping_latencies(queue, plain, pings)
+        return {
+            "worker_class": WORKER_CLASSES[worker_class],
+            "workers": workers,
+            "jobs": jobs,
+            "seconds": seconds,
+            "jobs_per_second": jobs / seconds,
+            "redis_commands_per_job": sum(calls.values()) / jobs,
+            "top_commands_per_job": _top(calls, jobs),
+            "commands_per_job_all": _top(calls, jobs, 100),
+            "low_load_latency_ms": latencies,
+        }
+    finally:
+        for process in processes:
+            stop(process)
+        env.children = [c for c in env.children if c not in processes]
+
+
+def _ping_latencies(queue: Queue, client: redis.Redis, pings: int) -> dict[str, float]:
+    """Enqueue→done latency of jobs sent one at a time: the floor of the AES's overhead."""
+    key = "bench:floor:pings"
+    seconds = []
+    for _ in range(pings):
+        start = time.monotonic()
+        queue.enqueue_call("bench.noop.ping", args=(key,), result_ttl=60)
+        if client.brpop([key], timeout=30) is None:
+            raise TimeoutError("a floor ping job did not run within 30 s")
+        seconds.append(time.monotonic() - start)
+    return {f"p{p}": round(percentile(seconds, p) * 1000, 1) for p in (50, 95, 99)}
+
+
+def _top(calls: dict[str, int], runs: int, n: int = 12) -> dict[str, float]:
+    ranked = sorted(calls.items(), key=lambda item: -item[1])[:n]
+    return {name: round(count / runs, 2) for name, count in ranked}
+
+
+def lpush_brpop(env: Env, pairs: int = 5000) -> dict[str, Any]:
+    """One client, LPUSH then BRPOP of the same list, back to back: round trips/s."""
+    client = redis.Redis.from_url(env.redis_url)
+    key = "bench:roundtrip"
+    client.delete(key)
+    start = time.monotonic()
+    for _ in range(pairs):
+        client.lpush(key, "x")
+        client.brpop([key], timeout=1)
+    seconds = time.monotonic() - start
+    return {"pairs": pairs, "seconds": seconds, "pairs_per_second": pairs / seconds}

@@ -1,0 +1,69 @@
+"""The LLM stand-in for the bench, with faults: `python -m bench.llm_server`.
+
+Serves standins.llm.LLMStandin's default answers in its own process (so its
+threads do not share the bench's interpreter) and can misbehave:
+
+- `--error-rate P`: answer HTTP 500 to a random share P of the requests;
+- a request whose last user message starts with `bench-fail` always gets 500;
+- a request whose last user message starts with `bench-hang` sleeps
+  `--hang-seconds` first (longer than the run's `data.timeout`).
+
+Prints `LLM_URL <url>` once it listens, then serves until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import signal
+import sys
+import threading
+from typing import Any
+
+from standins.llm import LLMStandin, _content_text, _error_body
+
+
+class FaultyLLM(LLMStandin):
+    def __init__(self, *, error_rate: float, hang_seconds: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.error_rate = error_rate
+        self.hang_seconds = hang_seconds
+
+    def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
+        last = _content_text(users[-1].get("content")) if users else ""
+        if last.startswith("bench-hang"):
+            self._sleep(self.hang_seconds)
+        if last.startswith("bench-fail") or random.random() < self.error_rate:
+            self._sleep(self.latency_seconds)
+            return 500, _error_body("bench: injected server error", 500), {}
+        return super().answer(body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--error-rate", type=float, default=0.0)
+    parser.add_argument("--hang-seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    server = FaultyLLM(
+        port=args.port,
+        latency_seconds=args.latency,
+        error_rate=args.error_rate,
+        hang_seconds=args.hang_seconds,
+    )
+    # The stand-in records every request body; a long run must not keep them all.
+    server._record = lambda body: None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print("LLM_URL", server.start(), flush=True)
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

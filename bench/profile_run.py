@@ -1,0 +1,101 @@
+"""Profile what one work-horse does: `python bench/profile_run.py --runs 20`.
+
+Loads Django and the job module as ExecutionWorker does, records runs through
+the consumer's handler, then for each one forks a child that runs
+`workers.jobs.run_execution` under cProfile, as an RQ work-horse would. The
+LLM stand-in and the dev peers run in threads of this process. Prints the
+wall time per run and the functions with the most cumulative time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import prepare
+from bench.pipeline import agent_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--agent", default="plain-bot")
+    parser.add_argument("--tier", default="enterprise")
+    parser.add_argument("--database-url")
+    parser.add_argument("--redis-url")
+    parser.add_argument("--flush", action="store_true")
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--no-profile", action="store_true", help="time only, no cProfile")
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="before forking, build the OpenAI client and read the tiers in the parent "
+        "(what this bench suggests the worker class do), to measure the saving",
+    )
+    args = parser.parse_args()
+    prepare(args.database_url, args.redis_url, flush=args.flush)
+
+    from django.conf import settings
+    from django.db import connections
+
+    import workers.rq_worker  # noqa: F401 - what the RQ worker process loads before forking
+    from standins.llm import LLMStandin
+    from standins.peers import DevPeers, load_fixture
+    from workers import handlers, jobs, redis_client
+
+    llm = LLMStandin()
+    settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY = llm.start(), "bench"
+    peers = DevPeers(redis_client.shared(), [args.tier], load_fixture())
+    _thread, stop = peers.start_in_thread()
+    if args.warm:
+        from tiers import lookup
+        from workers import llm as llm_client
+
+        llm_client.client().chat.completions  # noqa: B018 - imports the chat resources
+        lookup.tiers_by_priority()
+    out = Path(tempfile.mkdtemp(prefix="aes-profile-"))
+    walls = []
+    for i in range(args.runs):
+        run = agent_run(tier=args.tier, agent_id=args.agent)
+        handlers.handle(args.tier, json.dumps(run).encode())
+        from executions.models import execution_id_for
+
+        execution_id = str(execution_id_for(run["action_id"]))
+        redis_client.shared().delete(f"rq:job:{execution_id}")  # run it here, not in RQ
+        connections.close_all()
+        start = time.monotonic()
+        pid = os.fork()
+        if pid == 0 and args.no_profile:
+            jobs.run_execution(execution_id)
+            os._exit(0)
+        if pid == 0:
+            profiler = cProfile.Profile()
+            profiler.runcall(jobs.run_execution, execution_id)
+            profiler.dump_stats(str(out / f"{i}.prof"))
+            os._exit(0)
+        os.waitpid(pid, 0)
+        walls.append(time.monotonic() - start)
+    stop.set()
+    llm.stop()
+    walls.sort()
+    print(
+        f"wall per run (fork to exit): median {walls[len(walls) // 2] * 1000:.1f} ms, "
+        f"min {walls[0] * 1000:.1f} ms, max {walls[-1] * 1000:.1f} ms"
+    )
+    if args.no_profile:
+        return
+    stats = pstats.Stats(*[str(p) for p in sorted(out.glob("*.prof"))])
+    stats.sort_stats("cumulative").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()

@@ -26,12 +26,10 @@ def _retry() -> Retry:
     )
 
 
-@functools.cache
-def shared() -> redis.Redis:
-    """Return the process-wide client for short commands."""
+def _connect(socket_timeout: float) -> redis.Redis:
     return redis.Redis.from_url(
         settings.REDIS_URL,
-        socket_timeout=keys.SOCKET_MARGIN_SECONDS * 2,
+        socket_timeout=socket_timeout,
         socket_connect_timeout=5,
         socket_keepalive=True,
         health_check_interval=30,
@@ -41,22 +39,17 @@ def shared() -> redis.Redis:
         lib_name=None,
         lib_version=None,
     )
+
+
+@functools.cache
+def shared() -> redis.Redis:
+    """Return the process-wide client for short commands."""
+    return _connect(socket_timeout=keys.SOCKET_MARGIN_SECONDS * 2)
 
 
 def blocking(block_seconds: float = keys.BLOCK_SECONDS) -> redis.Redis:
     """Return a new client whose socket outlives a wait of `block_seconds`."""
-    return redis.Redis.from_url(
-        settings.REDIS_URL,
-        socket_timeout=block_seconds + keys.SOCKET_MARGIN_SECONDS,
-        socket_connect_timeout=5,
-        socket_keepalive=True,
-        health_check_interval=30,
-        retry=_retry(),
-        # No CLIENT SETINFO on every new connection: each forked work-horse
-        # opens its own, so it would cost two commands per run.
-        lib_name=None,
-        lib_version=None,
-    )
+    return _connect(socket_timeout=block_seconds + keys.SOCKET_MARGIN_SECONDS)
 
 
 @functools.cache

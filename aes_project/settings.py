@@ -148,6 +148,10 @@ AES_CONSUMER_HEARTBEAT_TTL = env_float("AES_CONSUMER_HEARTBEAT_TTL", 30.0, minim
 AES_REAPER_GRACE_SECONDS = env_float("AES_REAPER_GRACE_SECONDS", 60.0)
 # Seconds between two reaper passes.
 AES_REAPER_INTERVAL_SECONDS = env_float("AES_REAPER_INTERVAL_SECONDS", 15.0, minimum=0.5)
+# Runs each RQ worker process of run_execution_worker executes at once: 1
+# forks a work-horse per run (isolation); more run in threads of one process
+# (memory and connections shared; for I/O-bound agents). docs/performance.md.
+AES_RUNS_PER_WORKER = int(env_float("AES_RUNS_PER_WORKER", 1, minimum=1))
 # Bytes above which a queued message is refused without parsing.
 AES_MAX_MESSAGE_BYTES = int(env_float("AES_MAX_MESSAGE_BYTES", 1024 * 1024, minimum=1024))
 

@@ -26,31 +26,14 @@ log = logging.getLogger(__name__)
 ALLOWED_JOBS = frozenset({"workers.jobs.run_execution"})
 
 
-class ExecutionWorker(Worker):
+class ExecutionJobs:
+    """What every worker class of the service does: JSON jobs, ours only."""
+
     def __init__(self, *args, **kwargs) -> None:
         # Jobs carry only an execution id: JSON is enough, and unlike pickle
         # it cannot smuggle code into the worker.
         kwargs["serializer"] = JSONSerializer
         super().__init__(*args, **kwargs)
-
-    def work(self, *args, **kwargs):
-        self.warm()
-        return super().work(*args, **kwargs)
-
-    @staticmethod
-    def warm() -> None:
-        """Do once, in the worker, what every work-horse would otherwise redo.
-
-        Building the OpenAI client and importing its chat resources, and
-        reading the tiers, take about 90 ms: done before the fork, each
-        forked work-horse inherits them (measured: bench/profile_run.py
-        --warm, 173 ms to 79 ms per run). No connection is opened here.
-        """
-        from workers import llm
-
-        llm.client().chat.completions  # noqa: B018  imports the chat resources
-        lookup.tiers_by_priority()
-        connections.close_all()
 
     def execute_job(self, job, queue) -> None:
         try:
@@ -62,6 +45,29 @@ class ExecutionWorker(Worker):
             self.handle_job_failure(job, queue, exc_string="refused: not an AES job function")
             return
         super().execute_job(job, queue)
+
+
+def warm() -> None:
+    """Do once, in the worker process, what every run would otherwise redo.
+
+    Building the OpenAI client and importing its chat resources, and reading
+    the tiers, take about 90 ms: done before a fork, each forked work-horse
+    inherits them (measured: bench/profile_run.py --warm, 173 ms to 79 ms per
+    run). No connection is opened here.
+    """
+    from workers import llm
+
+    llm.client().chat.completions  # noqa: B018  imports the chat resources
+    lookup.tiers_by_priority()
+    connections.close_all()
+
+
+class ExecutionWorker(ExecutionJobs, Worker):
+    """One forked work-horse per run: a run that crashes or leaks ends with its horse."""
+
+    def work(self, *args, **kwargs):
+        warm()
+        return super().work(*args, **kwargs)
 
     def fork_work_horse(self, job, queue) -> None:
         # Refresh the tier cache here (one query per worker every few

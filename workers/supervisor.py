@@ -28,12 +28,20 @@ def _die_with_parent() -> None:
 
 
 class WorkerPool:
-    """N `manage.py rqworker` processes serving the tier queues in priority order."""
+    """N RQ worker processes serving the tier queues in priority order.
 
-    def __init__(self, count: int, queues: list[str], *, burst: bool = False) -> None:
+    With one run per worker, each is a `manage.py rqworker` forking a
+    work-horse per run; with more, a `manage.py rqworker_threads` running
+    that many at once in threads (docs/performance.md weighs the two).
+    """
+
+    def __init__(
+        self, count: int, queues: list[str], *, burst: bool = False, runs_per_worker: int = 1
+    ) -> None:
         self.count = count
         self.queues = queues
         self.burst = burst
+        self.runs_per_worker = runs_per_worker
         self.processes: list[subprocess.Popen | None] = [None] * count
         self._restart_after = [0.0] * count
 
@@ -41,7 +49,11 @@ class WorkerPool:
         manage = Path(settings.BASE_DIR) / "manage.py"
         # Verbosity 0: rqworker would otherwise set rq's loggers to INFO,
         # three lines per job, overriding RQ_LOG_LEVEL.
-        command = [sys.executable, str(manage), "rqworker", "--verbosity", "0", *self.queues]
+        if self.runs_per_worker == 1:
+            command = [sys.executable, str(manage), "rqworker", "--verbosity", "0", *self.queues]
+        else:
+            command = [sys.executable, str(manage), "rqworker_threads", *self.queues]
+            command += ["--slots", str(self.runs_per_worker)]
         if self.burst:
             command.append("--burst")
         return command

@@ -32,14 +32,25 @@ class Command(BaseCommand):
             help="RQ worker processes to start and supervise (0: run them elsewhere).",
         )
         parser.add_argument(
+            "--runs-per-worker",
+            type=int,
+            default=settings.AES_RUNS_PER_WORKER,
+            help="Runs each RQ worker process executes at once: 1 forks a work-horse "
+            "per run; more run in threads (default: AES_RUNS_PER_WORKER, 1).",
+        )
+        parser.add_argument(
             "--burst",
             action="store_true",
             help="Drain the action lists, then the RQ queues, and exit.",
         )
 
-    def handle(self, *args, rq_workers: int, burst: bool, **options) -> None:
+    def handle(
+        self, *args, rq_workers: int, runs_per_worker: int, burst: bool, **options
+    ) -> None:
         if rq_workers < 0:
             raise CommandError("--rq-workers must be 0 or more")
+        if runs_per_worker < 1:
+            raise CommandError("--runs-per-worker must be 1 or more")
         # A socket timeout shorter than a blocking read's wait would raise
         # spurious TimeoutErrors and look like a dead Redis; none at all
         # could hang forever on a dead link.
@@ -53,7 +64,7 @@ class Command(BaseCommand):
         if not tiers:
             raise CommandError("no tiers are defined: run `python manage.py migrate` first")
         consumer = Consumer(tiers)
-        pool = WorkerPool(rq_workers, tiers, burst=burst)
+        pool = WorkerPool(rq_workers, tiers, burst=burst, runs_per_worker=runs_per_worker)
 
         def stop(signum, frame) -> None:
             consumer.stop()

@@ -1,0 +1,100 @@
+"""RQ worker processes that run several runs at once (`--runs-per-worker N`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from executions.models import Execution
+from tests.conftest import agent_run, callbacks, push
+from tests.test_processes import children, end, pid_alive, rq_worker_pids, start_service, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+
+
+def _start(llm, runs: int, slots: int, timeout: int = 30, **env: str):
+    for number in range(runs):
+        message = agent_run(tier="enterprise", message=f"run {number}", timeout=timeout)
+        push(message, tier="enterprise")
+    return start_service(
+        "--rq-workers", "1", "--runs-per-worker", str(slots), OPENAI_BASE_URL=llm.url, **env
+    )
+
+
+def _running() -> int:
+    return Execution.objects.filter(status="running").count()
+
+
+def test_one_worker_process_runs_several_runs_at_once(peers, llm, redis):
+    llm.latency_seconds = 2
+    service = _start(llm, runs=4, slots=4)
+    try:
+        wait_until(lambda: _running() == 4, what="four runs running at once")
+        (worker,) = rq_worker_pids(redis)
+        assert children(worker) == []  # no work-horses: the runs are threads of the worker
+        sent = wait_until(lambda: len(callbacks()) >= 4 and callbacks(), what="four callbacks")
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=45)
+        end(service)
+    assert sorted(c["data"]["response"] for c in sent) == [
+        f"(stand-in) You said: run {n}" for n in range(4)
+    ]
+    assert set(Execution.objects.values_list("status", flat=True)) == {"completed"}
+    assert len(callbacks()) == 4
+
+
+def test_a_worker_takes_no_more_runs_than_its_slots(peers, llm, redis):
+    llm.latency_seconds = 2
+    service = _start(llm, runs=3, slots=2)
+    try:
+        wait_until(lambda: _running() == 2, what="two runs running")
+        # The third stays queued, in RQ, for this or another worker's next free slot.
+        assert Execution.objects.filter(status="queued").count() == 1
+        wait_until(lambda: len(callbacks()) == 3, timeout=30, what="three callbacks")
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=45)
+        end(service)
+    assert set(Execution.objects.values_list("status", flat=True)) == {"completed"}
+
+
+def test_sigterm_lets_the_runs_in_hand_finish(peers, llm, redis):
+    llm.latency_seconds = 3
+    service = _start(llm, runs=2, slots=2)
+    try:
+        wait_until(lambda: _running() == 2, what="two runs running")
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=45) == 0
+    finally:
+        output = end(service)
+    assert [c["data"]["status"] for c in callbacks()] == ["completed", "completed"], output
+    assert redis.smembers("rq:workers") == set()  # every slot deregistered
+
+
+def test_a_killed_threaded_worker_has_all_its_runs_closed_once(peers, llm, redis):
+    llm.latency_seconds = 60
+    service = _start(
+        llm,
+        runs=3,
+        slots=3,
+        timeout=2,
+        AES_REAPER_GRACE_SECONDS="0",
+        AES_REAPER_INTERVAL_SECONDS="0.5",
+    )
+    try:
+        wait_until(lambda: _running() == 3, what="three runs running")
+        (worker,) = rq_worker_pids(redis)
+        os.kill(worker, signal.SIGKILL)  # every run in that process is lost with it
+        sent = wait_until(lambda: len(callbacks()) >= 3 and callbacks(), timeout=30, what="reaper")
+        wait_until(lambda: rq_worker_pids(redis) - {worker}, what="a replacement worker")
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=45)
+        end(service)
+    assert not pid_alive(worker)
+    assert [c["data"]["error"]["code"] for c in sent] == ["INTERNAL"] * 3
+    assert set(Execution.objects.values_list("status", flat=True)) == {"failed"}
+    assert len(callbacks()) == 3

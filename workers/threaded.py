@@ -1,0 +1,168 @@
+"""Several runs at once in one RQ worker process, one thread per run.
+
+A run spends most of its time waiting for the LLM and the peer services, so
+a forked work-horse per run (`ExecutionWorker`) pays a process and a new
+database connection for work that is mostly waiting. A `ThreadedHost` keeps
+`slots` runs in one process. Each slot is an RQ `SimpleWorker` of its own (its
+own name, registration, job state and execution record, as RQ expects of a
+worker), run in its own thread; one dispatcher takes a job from the tier
+queues, in priority order, only when a slot is free, so jobs this process
+cannot start yet stay in RQ for other workers.
+
+What the threads give up against a forked horse (docs/performance.md weighs
+it): a run that crashes the interpreter takes its neighbours with it (the
+reaper closes them, as for a lost machine); a job past its RQ timeout is
+stopped by an exception raised in its thread rather than by killing a
+process; and Python runs one thread at a time, so one process per core.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+import redis
+from django.db import close_old_connections, connections
+from rq import Queue
+from rq.exceptions import DequeueTimeout
+from rq.job import Job
+from rq.timeouts import TimerDeathPenalty
+from rq.worker import SimpleWorker, WorkerStatus
+
+from workers import keys, redis_client
+from workers.rq_worker import ExecutionJobs, warm
+
+log = logging.getLogger(__name__)
+
+# Seconds between two heartbeats of the idle slots, which RQ would otherwise
+# count as dead workers (their registration lives worker_ttl + 60 s).
+IDLE_HEARTBEAT_SECONDS = 60
+
+
+class SlotWorker(ExecutionJobs, SimpleWorker):
+    """One slot of a ThreadedHost: an RQ worker whose jobs run in its own thread."""
+
+    # SIGALRM, RQ's default, reaches only the main thread.
+    death_penalty_class = TimerDeathPenalty
+
+    def procline(self, message: str) -> None:
+        """Leave the process title alone: one process, many slots."""
+
+    def _install_signal_handlers(self) -> None:
+        """The host handles signals; only the main thread may install them."""
+
+    def subscribe(self) -> None:
+        """No pub/sub thread and connection per slot: RQ's stop-job command is
+        not used here; runs are cancelled through workers/cancellation.py."""
+
+
+class ThreadedHost:
+    """`slots` RQ workers in one process, each in its own thread, fed by one dispatcher."""
+
+    def __init__(self, queue_names: list[str], slots: int, *, burst: bool = False) -> None:
+        connection = redis_client.shared_blocking()
+        self.slots = [SlotWorker(queue_names, connection=connection) for _ in range(slots)]
+        self.burst = burst
+        self.stopping = threading.Event()
+        self._free: queue.SimpleQueue[SlotWorker] = queue.SimpleQueue()
+        self._inbox = {slot.name: queue.SimpleQueue() for slot in self.slots}
+        self._busy = 0
+        self._lock = threading.Lock()
+        self._last_heartbeat = 0.0
+
+    def stop(self) -> None:
+        """Take no more jobs; the runs in hand finish (a warm shutdown)."""
+        self.stopping.set()
+
+    def run(self) -> None:
+        warm()
+        threads = []
+        for slot in self.slots:
+            slot.bootstrap(logging_level=None)
+            slot.set_state(WorkerStatus.IDLE)
+            self._free.put(slot)
+            thread = threading.Thread(target=self._serve, args=(slot,), name=f"slot-{slot.name}")
+            thread.start()
+            threads.append(thread)
+        try:
+            self._dispatch()
+        finally:
+            for slot in self.slots:
+                self._inbox[slot.name].put(None)
+            for thread in threads:
+                thread.join()
+            for slot in self.slots:
+                slot.teardown()
+
+    def _dispatch(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                slot = self._free.get(timeout=keys.BLOCK_SECONDS)
+            except queue.Empty:
+                continue
+            found = self._dequeue(slot)
+            if found is None:
+                self._free.put(slot)
+                if self.burst:
+                    with self._lock:
+                        if self._busy == 0:
+                            return
+                    time.sleep(0.1)
+                continue
+            with self._lock:
+                self._busy += 1
+            self._inbox[slot.name].put(found)
+
+    def _dequeue(self, slot: SlotWorker) -> tuple[Job, Queue] | None:
+        self._heartbeat_idle()
+        try:
+            found = Queue.dequeue_any(
+                slot.queues,
+                None if self.burst else keys.BLOCK_SECONDS,
+                connection=slot.connection,
+                job_class=slot.job_class,
+                serializer=slot.serializer,
+                death_penalty_class=slot.death_penalty_class,
+            )
+        except DequeueTimeout:
+            return None
+        except redis.ConnectionError as exc:
+            # The client's own retries are spent: wait, then listen again.
+            log.warning("dequeue failed (%s); retrying in 1 s", exc)
+            time.sleep(1)
+            return None
+        if found is not None:
+            found[0].redis_server_version = slot.get_redis_server_version()
+        return found
+
+    def _serve(self, slot: SlotWorker) -> None:
+        """Run the jobs handed to this slot, in this slot's thread, until told to end."""
+        inbox = self._inbox[slot.name]
+        while (found := inbox.get()) is not None:
+            job, job_queue = found
+            try:
+                slot.execute_job(job, job_queue)
+                slot.heartbeat()
+            except Exception:
+                log.exception("slot %s failed around job %s", slot.name, job.id)
+            finally:
+                # Django keeps one connection per thread, reused by this
+                # slot's next runs; drop it if it broke or aged out.
+                close_old_connections()
+                with self._lock:
+                    self._busy -= 1
+                self._free.put(slot)
+        connections.close_all()
+
+    def _heartbeat_idle(self) -> None:
+        """Keep idle slots registered; a busy slot's registration covers its job."""
+        if time.monotonic() - self._last_heartbeat < IDLE_HEARTBEAT_SECONDS:
+            return
+        self._last_heartbeat = time.monotonic()
+        with self.slots[0].connection.pipeline() as pipeline:
+            for slot in self.slots:
+                if slot.get_state() != WorkerStatus.BUSY:
+                    slot.heartbeat(pipeline=pipeline)
+            pipeline.execute()

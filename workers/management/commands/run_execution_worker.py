@@ -44,9 +44,7 @@ class Command(BaseCommand):
             help="Drain the action lists, then the RQ queues, and exit.",
         )
 
-    def handle(
-        self, *args, rq_workers: int, runs_per_worker: int, burst: bool, **options
-    ) -> None:
+    def handle(self, *args, rq_workers: int, runs_per_worker: int, burst: bool, **options) -> None:
         if rq_workers < 0:
             raise CommandError("--rq-workers must be 0 or more")
         if runs_per_worker < 1:

@@ -98,6 +98,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory, so the processes a test starts share its database.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test.sqlite3")}
 
+# Connections a process keeps in a pool (PostgreSQL only; 0: none, each
+# thread keeps its own for DB_CONN_MAX_AGE seconds). run_execution_worker
+# sets it for its threaded workers, whose runs share a few connections and
+# hold one only while they write (workers/agent_run.py).
+DB_POOL_SIZE = int(env_float("DB_POOL_SIZE", 0))
+if DB_POOL_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them instead
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DB_POOL_SIZE,
+        "timeout": 30,
+    }
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"

@@ -6,6 +6,7 @@ import os
 import signal
 
 import pytest
+from django.db import connection
 
 from executions.models import Execution
 from tests.conftest import agent_run, callbacks, push
@@ -98,3 +99,18 @@ def test_a_killed_threaded_worker_has_all_its_runs_closed_once(peers, llm, redis
     assert [c["data"]["error"]["code"] for c in sent] == ["INTERNAL"] * 3
     assert set(Execution.objects.values_list("status", flat=True)) == {"failed"}
     assert len(callbacks()) == 3
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the connection pool is PostgreSQL's")
+def test_runs_share_a_small_connection_pool_while_they_wait(peers, llm, redis):
+    llm.latency_seconds = 3
+    # Six runs in flight on two connections: each holds one only to write.
+    service = _start(llm, runs=6, slots=6, DB_POOL_SIZE="2")
+    try:
+        wait_until(lambda: _running() == 6, what="six runs running at once")
+        wait_until(lambda: len(callbacks()) == 6, timeout=30, what="six callbacks")
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=45)
+        end(service)
+    assert set(Execution.objects.values_list("status", flat=True)) == {"completed"}

@@ -8,6 +8,7 @@ import math
 import time
 from typing import Any
 
+from django import db
 from django.conf import settings
 from rq.timeouts import JobTimeoutException
 
@@ -42,6 +43,7 @@ def run(execution: Execution) -> Outcome:
         session_id=execution.session_id,
     )
     result = None
+    release_connection()
     try:
         if not gates.within_rate(
             execution.tenant_id,
@@ -147,6 +149,17 @@ def _prompt(agent: AgentConfig, data: AgentRunData, history: list) -> list[dict[
     return messages
 
 
+def release_connection() -> None:
+    """Give this thread's database connection back to the pool while the run waits.
+
+    Only with a pool (threaded workers): a run then holds a connection while
+    it writes, not while it waits for the LLM. Without one, closing would
+    mean connecting again for the next write.
+    """
+    if db.connection.settings_dict.get("OPTIONS", {}).get("pool"):
+        db.connection.close()
+
+
 def record(execution: Execution, step: Step) -> None:
     """Store one step of the loop as an ExecutionStep."""
     execution.add_step(
@@ -159,6 +172,7 @@ def record(execution: Execution, step: Step) -> None:
         completion_tokens=step.completion_tokens,
         duration_ms=step.duration_ms,
     )
+    release_connection()
 
 
 def _save_messages(

@@ -74,6 +74,10 @@ class ExecutionWorker(ExecutionJobs, Worker):
         # seconds) so that horses inherit it rather than each query it.
         lookup.tiers_by_priority()
         connections.close_all()
+        for connection in connections.all(initialized_only=True):
+            # A pool's open sockets would be shared with the horse.
+            if getattr(connection, "pool", None):
+                connection.close_pool()
         super().fork_work_horse(job, queue)
 
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,8 @@ STOP_GRACE_SECONDS = 30
 # Seconds between restarts of a worker that keeps dying.
 RESTART_BACKOFF_SECONDS = 2.0
 _PR_SET_PDEATHSIG = 1
+# Database connections a threaded worker process pools by default.
+THREADED_POOL_SIZE = 10
 
 
 def _die_with_parent() -> None:
@@ -58,12 +61,23 @@ class WorkerPool:
             command.append("--burst")
         return command
 
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.runs_per_worker > 1:
+            # A threaded worker's runs hold a connection only while they
+            # write: a small pool serves them all (PostgreSQL; DB_POOL_SIZE
+            # overrides).
+            env.setdefault("DB_POOL_SIZE", str(min(self.runs_per_worker, THREADED_POOL_SIZE)))
+        return env
+
     def start(self) -> None:
         for slot in range(self.count):
             self._spawn(slot)
 
     def _spawn(self, slot: int) -> None:
-        self.processes[slot] = subprocess.Popen(self.command(), preexec_fn=_die_with_parent)
+        self.processes[slot] = subprocess.Popen(
+            self.command(), env=self.environment(), preexec_fn=_die_with_parent
+        )
         log.info("started RQ worker pid %d", self.processes[slot].pid)
 
     def supervise(self) -> None:

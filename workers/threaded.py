@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 IDLE_HEARTBEAT_SECONDS = 60
 
 
-class SlotWorker(ExecutionJobs, SimpleWorker):
+class ThreadSlot(SimpleWorker):
     """One slot of a ThreadedHost: an RQ worker whose jobs run in its own thread."""
 
     # SIGALRM, RQ's default, reaches only the main thread.
@@ -58,15 +58,26 @@ class SlotWorker(ExecutionJobs, SimpleWorker):
         not used here; runs are cancelled through workers/cancellation.py."""
 
 
+class SlotWorker(ExecutionJobs, ThreadSlot):
+    """A slot that runs the service's jobs only, as JSON."""
+
+
 class ThreadedHost:
     """`slots` RQ workers in one process, each in its own thread, fed by one dispatcher."""
 
-    def __init__(self, queue_names: list[str], slots: int, *, burst: bool = False) -> None:
+    def __init__(
+        self,
+        queue_names: list[str],
+        slots: int,
+        *,
+        burst: bool = False,
+        worker_class: type[ThreadSlot] = SlotWorker,
+    ) -> None:
         connection = redis_client.shared_blocking()
-        self.slots = [SlotWorker(queue_names, connection=connection) for _ in range(slots)]
+        self.slots = [worker_class(queue_names, connection=connection) for _ in range(slots)]
         self.burst = burst
         self.stopping = threading.Event()
-        self._free: queue.SimpleQueue[SlotWorker] = queue.SimpleQueue()
+        self._free: queue.SimpleQueue[ThreadSlot] = queue.SimpleQueue()
         self._inbox = {slot.name: queue.SimpleQueue() for slot in self.slots}
         self._busy = 0
         self._lock = threading.Lock()
@@ -115,7 +126,7 @@ class ThreadedHost:
                 self._busy += 1
             self._inbox[slot.name].put(found)
 
-    def _dequeue(self, slot: SlotWorker) -> tuple[Job, Queue] | None:
+    def _dequeue(self, slot: ThreadSlot) -> tuple[Job, Queue] | None:
         self._heartbeat_idle()
         try:
             found = Queue.dequeue_any(
@@ -137,7 +148,7 @@ class ThreadedHost:
             found[0].redis_server_version = slot.get_redis_server_version()
         return found
 
-    def _serve(self, slot: SlotWorker) -> None:
+    def _serve(self, slot: ThreadSlot) -> None:
         """Run the jobs handed to this slot, in this slot's thread, until told to end."""
         inbox = self._inbox[slot.name]
         while (found := inbox.get()) is not None:

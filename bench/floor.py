@@ -12,41 +12,39 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from bench.common import MANAGE, Env, commandstats, diff, percentile, stop, wait_until
+from bench.common import MANAGE, PYTHON, Env, commandstats, diff, percentile, stop, wait_until
 from bench.pipeline import counting_client
 
-WORKER_CLASSES = {"fork": "rq.worker.Worker", "simple": "rq.worker.SimpleWorker"}
+WORKER_CLASSES = {
+    "fork": "rq.worker.Worker",
+    "simple": "rq.worker.SimpleWorker",
+    "threads": "workers.threaded.ThreadedHost",
+}
 QUEUE = "enterprise"  # a queue django-rq knows; the AES is stopped while the floor runs
 
 
 def rq_noop(
-    env: Env, *, workers: int, jobs: int, worker_class: str, pings: int = 50
+    env: Env, *, workers: int, jobs: int, worker_class: str, slots: int = 1, pings: int = 50
 ) -> dict[str, Any]:
     """No-op jobs/s through `workers` RQ worker processes, and Redis commands per job.
 
     The workers are `manage.py rqworker` processes, as the AES's are (Django
     loaded, so a forked work-horse is as large), with RQ's plain class:
     the AES's class refuses any job but its own. Jobs are enqueued one by
-    one, with the job options the AES uses, while the workers wait.
+    one, with the job options the AES uses, while the workers wait. With
+    `threads`, each process is the AES's ThreadedHost with `slots` slots.
     """
-    processes = [
-        env.start(
-            [
-                *MANAGE,
-                "rqworker",
-                "--worker-class",
-                WORKER_CLASSES[worker_class],
-                "--serializer",
-                "rq.serializers.JSONSerializer",
-                QUEUE,
-            ],
-            "floor-workers",
-        )
-        for _ in range(workers)
-    ]
+    if worker_class == "threads":
+        command = [PYTHON, "-m", "bench.threaded_floor", "--slots", str(slots), QUEUE]
+    else:
+        command = [*MANAGE, "rqworker", "--worker-class", WORKER_CLASSES[worker_class]]
+        command += ["--serializer", "rq.serializers.JSONSerializer", QUEUE]
+    processes = [env.start(command, "floor-workers") for _ in range(workers)]
     plain = redis.Redis.from_url(env.redis_url)
     try:
-        wait_until(lambda: len(Worker.all(connection=plain)) >= workers, 120, "floor workers")
+        wait_until(
+            lambda: len(Worker.all(connection=plain)) >= workers * slots, 120, "floor workers"
+        )
         time.sleep(1.0)  # let them settle into their blocking dequeue
         enqueuer = redis.Redis.from_url(env.redis_url)
         poller = counting_client(env.redis_url)

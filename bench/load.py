@@ -71,7 +71,7 @@ def under_load(
         "side_cpu": sum(process_cpu_seconds(p) for p in side),
         "redis_cpu": server_cpu(redis),
     }
-    sampler = TreeSampler(service_pid)
+    sampler = TreeSampler(service_pid, runs_per_worker=pipeline.runs_per_worker)
     sampler.start()
     started = time.monotonic()
     deadline = started + timeout

@@ -165,10 +165,12 @@ class Pipeline:
         *,
         rq_workers: int,
         llm_args: list[str],
+        runs_per_worker: int = 1,
         service_env: dict[str, str] | None = None,
     ) -> None:
         self.env = env
         self.rq_workers = rq_workers
+        self.runs_per_worker = runs_per_worker
         self.llm_args = llm_args
         self.service_env = service_env or {}
         self.llm_url = ""
@@ -190,7 +192,14 @@ class Pipeline:
 
     def start_service(self) -> None:
         self.service = self.env.start(
-            [*MANAGE, "run_execution_worker", "--rq-workers", str(self.rq_workers)],
+            [
+                *MANAGE,
+                "run_execution_worker",
+                "--rq-workers",
+                str(self.rq_workers),
+                "--runs-per-worker",
+                str(self.runs_per_worker),
+            ],
             "service",
             OPENAI_BASE_URL=self.llm_url,
             OPENAI_API_KEY="bench",
@@ -208,7 +217,7 @@ class Pipeline:
             if not client.keys("execution:consumer:*:alive"):
                 return False
             mine = [c for c in self._rq_workers(client) if c["parent"] == self.service.pid]
-            return len(mine) >= self.rq_workers
+            return len(mine) >= self.rq_workers * self.runs_per_worker
 
         wait_until(ready, timeout, "run_execution_worker and its RQ workers", interval=0.25)
 

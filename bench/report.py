@@ -175,8 +175,8 @@ def table(result: dict[str, Any]) -> str:
     row("peak RSS of the worker tree (MiB)", load["peak_rss_mib"])
     row("peak USS of the worker tree (MiB)", load["peak_uss_mib"])
     row("peak PSS of the worker tree (MiB)", load["peak_pss_mib"])
-    row("PSS per RQ worker slot, median (MiB)", load["pss_mib_per_worker_slot_median"])
-    row("PSS per RQ worker slot, max (MiB)", load["pss_mib_per_worker_slot_max"])
+    row("PSS per run slot, median (MiB)", load["pss_mib_per_worker_slot_median"])
+    row("PSS per run slot, max (MiB)", load["pss_mib_per_worker_slot_max"])
     if rt:
         row("bare LPUSH+BRPOP pairs/s (one client)", "", round(rt["pairs_per_second"]))
     lines.append(f"statuses: {load['statuses']}")

@@ -31,6 +31,9 @@ def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2000, help="runs measured under load")
     parser.add_argument("--rq-workers", type=int, default=2)
+    parser.add_argument(
+        "--runs-per-worker", type=int, default=1, help="1: forking workers; more: threads"
+    )
     parser.add_argument("--llm-latency", type=float, default=0.0, help="seconds per LLM answer")
     parser.add_argument("--in-flight", type=int, default=0, help="keep K runs in flight")
     parser.add_argument("--agent", default="plain-bot", help="plain-bot, or support-bot (tool)")
@@ -85,7 +88,10 @@ def main() -> None:
         )
 
     pipeline = Pipeline(
-        env, rq_workers=args.rq_workers, llm_args=["--latency", str(args.llm_latency)]
+        env,
+        rq_workers=args.rq_workers,
+        runs_per_worker=args.runs_per_worker,
+        llm_args=["--latency", str(args.llm_latency)],
     )
     client = Client(env.redis_url)
     # URLs stay out of the JSON: they may carry passwords.
@@ -118,8 +124,13 @@ def main() -> None:
         pipeline.stop()
     if not args.no_floor:
         time.sleep(1)
+        threaded = args.runs_per_worker > 1
         result["floor"] = floor.rq_noop(
-            env, workers=args.rq_workers, jobs=args.runs, worker_class=args.floor_class
+            env,
+            workers=args.rq_workers,
+            jobs=args.runs,
+            worker_class="threads" if threaded else args.floor_class,
+            slots=args.runs_per_worker,
         )
         result["roundtrip"] = floor.lpush_brpop(env)
     stop_all(env)

@@ -18,7 +18,8 @@ class Peaks:
     rss_total: float = 0.0
     uss_total: float = 0.0
     pss_total: float = 0.0
-    # PSS of one RQ worker slot (its worker and work-horse): (tree - consumer) / workers.
+    # PSS of one run slot: (tree - consumer) / (worker processes x runs per
+    # worker); with forking workers a slot is a worker and its work-horse.
     # USS cannot say this: after fork the worker and its horse share most pages,
     # which then count as private to neither.
     pss_per_slot: list[float] = field(default_factory=list)
@@ -37,8 +38,9 @@ def _role(depth: int) -> str:
 class TreeSampler(threading.Thread):
     """Walks the tree under `root_pid` until stopped; the root may be replaced."""
 
-    def __init__(self, root_pid: int, interval: float = 0.2) -> None:
+    def __init__(self, root_pid: int, interval: float = 0.2, runs_per_worker: int = 1) -> None:
         super().__init__(name="tree-sampler", daemon=True)
+        self.runs_per_worker = runs_per_worker
         self.root_pid = root_pid
         self.interval = interval
         self.peaks = Peaks()
@@ -88,7 +90,7 @@ class TreeSampler(threading.Thread):
         peaks.uss_total = max(peaks.uss_total, uss)
         peaks.pss_total = max(peaks.pss_total, pss)
         if workers:
-            peaks.pss_per_slot.append((pss - consumer_pss) / workers)
+            peaks.pss_per_slot.append((pss - consumer_pss) / (workers * self.runs_per_worker))
         for role, value in by_role.items():
             peaks.uss_by_role[role] = max(peaks.uss_by_role.get(role, 0.0), value)
         peaks.horses_max = max(peaks.horses_max, horses)

@@ -30,7 +30,10 @@ BACKOFF_CAP_SECONDS = 8.0
 # Seconds between two checks for cancellation while a call is in flight.
 CANCEL_POLL_SECONDS = 1.0
 
-_calls = ThreadPoolExecutor(max_workers=8, thread_name_prefix="llm")
+# One thread per call in flight. A threaded worker has one call in flight per
+# slot, plus calls abandoned by cancelled runs until their HTTP timeout ends
+# them; threads are started only as needed.
+_calls = ThreadPoolExecutor(max_workers=512, thread_name_prefix="llm")
 
 
 def client() -> openai.OpenAI:

@@ -79,6 +79,7 @@ def _role() -> str:
     for name, role in (
         ("run_execution_worker", "consumer"),
         ("rqworker", "rqworker"),
+        ("rqworker_threads", "rqworker"),
         ("run_dev_peers", "peers"),
     ):
         if name in sys.argv:

@@ -8,7 +8,9 @@ Pushes `--runs` runs (`--in-flight` at a time) while the LLM stand-in answers
 HTTP 500 at random and hangs on some runs past their `data.timeout`, a random
 RQ work-horse is SIGKILLed every few seconds, now and then a whole RQ worker
 with its horse (as if its machine were lost), and run_execution_worker itself
-is SIGKILLed and restarted periodically. Then, after a bounded wait, checks
+is SIGKILLed and restarted periodically. With `--runs-per-worker K` the
+workers are threaded: there are no horses, and a whole worker killed takes
+up to K runs with it. Then, after a bounded wait, checks
 the database and the callbacks: every pushed action_id has exactly one
 Execution, every Execution is final, every run got exactly one callback.
 Prints `lost=N duplicated=N stuck=N` and exits 1 unless all three are 0.
@@ -43,6 +45,9 @@ def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--rq-workers", type=int, default=4)
+    parser.add_argument(
+        "--runs-per-worker", type=int, default=1, help="more than 1: threaded workers"
+    )
     parser.add_argument("--in-flight", type=int, default=40)
     parser.add_argument("--tier", default="enterprise")
     parser.add_argument("--error-rate", type=float, default=0.05, help="LLM answers 500")
@@ -134,7 +139,9 @@ class Chaos(threading.Thread):
     def _kill_a_worker(self) -> None:
         service = self.pipeline.service
         workers = children_of(service.pid) if service and service.poll() is None else []
-        busy = [w for w in workers if children_of(w)]
+        # A threaded worker has no horses: its runs are its threads.
+        threaded = self.pipeline.runs_per_worker > 1
+        busy = [w for w in workers if threaded or children_of(w)]
         if not busy:
             return
         worker = self.rng.choice(busy)
@@ -216,7 +223,11 @@ def main() -> None:
     runs = make_runs(args)
     llm_args = ["--error-rate", str(args.error_rate), "--hang-seconds", "6"]
     pipeline = Pipeline(
-        env, rq_workers=args.rq_workers, llm_args=llm_args, service_env=QUICK_RECOVERY
+        env,
+        rq_workers=args.rq_workers,
+        runs_per_worker=args.runs_per_worker,
+        llm_args=llm_args,
+        service_env=QUICK_RECOVERY,
     )
     client = Client(env.redis_url)
     chaos = Chaos(pipeline, args.horse_kill_every, args.worker_kill_every, args.service_kill_every)

@@ -63,7 +63,7 @@ class LLMStandin:
         self._lock = threading.Lock()
         self._call_ids = itertools.count(1)
         self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -79,7 +79,7 @@ class LLMStandin:
         if self._server is not None:
             return self.url
         self._stopping.clear()
-        server = ThreadingHTTPServer((self.host, self.port), _make_handler(self))
+        server = _Server((self.host, self.port), _make_handler(self))
         server.daemon_threads = True  # a hung scripted answer must not block interpreter exit
         self._server = server
         self._thread = threading.Thread(
@@ -218,11 +218,23 @@ class LLMStandin:
         }
 
 
+class _Server(ThreadingHTTPServer):
+    # Many runs connect at once; the default backlog of 5 drops connections
+    # under load, which clients see as one-second stalls.
+    request_queue_size = 256
+
+
 def _make_handler(standin: LLMStandin) -> type[BaseHTTPRequestHandler]:
     """A request handler class bound to one LLMStandin instance."""
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "LLMStandin/1.0"
+        # Keep-alive, as real Chat Completions endpoints: a client reuses
+        # its connections instead of opening one per call.
+        protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes: without TCP_NODELAY the
+        # body waits for the client's delayed ACK of the headers (~40 ms).
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # tests and demos do not want a line per request on stderr
@@ -248,12 +260,19 @@ def _make_handler(standin: LLMStandin) -> type[BaseHTTPRequestHandler]:
                 self._send(404, _error_body(f"no route for GET {self.path}", 404))
 
         def do_POST(self) -> None:
+            # Read the body first: on a kept-alive connection, unread bytes
+            # would be taken for the next request.
+            try:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            except ValueError:
+                self.close_connection = True  # the body's end is unknown
+                self._send(400, _error_body("invalid Content-Length", 400))
+                return
             if self.path.split("?", 1)[0].rstrip("/") != "/v1/chat/completions":
                 self._send(404, _error_body(f"no route for POST {self.path}", 404))
                 return
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
+                body = json.loads(raw or b"{}")
                 if not isinstance(body, dict):
                     raise ValueError("body must be a JSON object")
             except ValueError as exc:

@@ -49,6 +49,10 @@ class Env:
             AES_BENCH_COUNT_DIR=str(self.count_dir),
             PYTHONPATH=os.pathsep.join([str(COUNTING), str(ROOT)]),
             LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
+            # As in production: with DEBUG on, Django also keeps a log of
+            # every query in each connection, which costs CPU and memory.
+            DEBUG=os.environ.get("DEBUG", "false"),
+            SECRET_KEY=os.environ.get("SECRET_KEY", "bench-only-not-a-secret"),
         )
         env.update(extra)
         return env

@@ -1,10 +1,13 @@
-"""Profile what one work-horse does: `python bench/profile_run.py --runs 20`.
+"""Profile what one run costs a worker: `python bench/profile_run.py --runs 20`.
 
 Loads Django and the job module as ExecutionWorker does, records runs through
 the consumer's handler, then for each one forks a child that runs
-`workers.jobs.run_execution` under cProfile, as an RQ work-horse would. The
-LLM stand-in and the dev peers run in threads of this process. Prints the
-wall time per run and the functions with the most cumulative time.
+`workers.jobs.run_execution` under cProfile, as an RQ work-horse would; with
+`--in-process`, runs them in this process instead, as a threaded worker's
+slot does (connections and caches kept from one run to the next), and also
+reports the CPU time per run. The LLM stand-in and the dev peers run in
+threads of this process. Prints the wall time per run and the functions
+with the most cumulative time.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ def main() -> None:
         help="before forking, build the OpenAI client and read the tiers in the parent "
         "(what this bench suggests the worker class do), to measure the saving",
     )
+    parser.add_argument(
+        "--in-process", action="store_true", help="no fork: run as a threaded worker's slot"
+    )
     args = parser.parse_args()
     prepare(args.database_url, args.redis_url, flush=args.flush)
 
@@ -63,7 +69,8 @@ def main() -> None:
         llm_client.client().chat.completions  # noqa: B018 - imports the chat resources
         lookup.tiers_by_priority()
     out = Path(tempfile.mkdtemp(prefix="aes-profile-"))
-    walls = []
+    walls, cpus = [], []
+    profiler = cProfile.Profile()
     for i in range(args.runs):
         run = agent_run(tier=args.tier, agent_id=args.agent)
         handlers.handle(args.tier, json.dumps(run).encode())
@@ -71,6 +78,15 @@ def main() -> None:
 
         execution_id = str(execution_id_for(run["action_id"]))
         redis_client.shared().delete(f"rq:job:{execution_id}")  # run it here, not in RQ
+        if args.in_process:
+            start, cpu = time.monotonic(), time.process_time()
+            if args.no_profile:
+                jobs.run_execution(execution_id)
+            else:
+                profiler.runcall(jobs.run_execution, execution_id)
+            walls.append(time.monotonic() - start)
+            cpus.append(time.process_time() - cpu)
+            continue
         connections.close_all()
         start = time.monotonic()
         pid = os.fork()
@@ -88,12 +104,20 @@ def main() -> None:
     llm.stop()
     walls.sort()
     print(
-        f"wall per run (fork to exit): median {walls[len(walls) // 2] * 1000:.1f} ms, "
+        f"wall per run ({'in process' if args.in_process else 'fork to exit'}): "
+        f"median {walls[len(walls) // 2] * 1000:.1f} ms, "
         f"min {walls[0] * 1000:.1f} ms, max {walls[-1] * 1000:.1f} ms"
     )
+    if cpus:
+        cpus.sort()
+        median = cpus[len(cpus) // 2] * 1000
+        print(f"CPU per run (this process, all threads): median {median:.1f} ms")
     if args.no_profile:
         return
-    stats = pstats.Stats(*[str(p) for p in sorted(out.glob("*.prof"))])
+    if args.in_process:
+        stats = pstats.Stats(profiler)
+    else:
+        stats = pstats.Stats(*[str(p) for p in sorted(out.glob("*.prof"))])
     stats.sort_stats("cumulative").print_stats(args.top)
 
 

@@ -108,7 +108,10 @@ if DB_POOL_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgr
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,
         "max_size": DB_POOL_SIZE,
-        "timeout": 30,
+        # Seconds a thread waits for a free connection before its query
+        # fails. Under overload waiting is queueing: long, so an overloaded
+        # worker makes runs slower rather than failing them.
+        "timeout": env_float("DB_POOL_TIMEOUT", 120.0, minimum=1.0),
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -73,10 +73,14 @@ def run_execution(execution_id: str) -> str:
     if execution is None:
         log.warning("job for unknown execution %s dropped", execution_id)
         return "missing"
-    with logs.run_context(
-        execution_id=execution_id, task_id=execution.task_id, tenant_id=execution.tenant_id
-    ):
-        return _run_execution(execution)
+    try:
+        with logs.run_context(
+            execution_id=execution_id, task_id=execution.task_id, tenant_id=execution.tenant_id
+        ):
+            return _run_execution(execution)
+    finally:
+        # Not held through RQ's own bookkeeping after the job (threaded workers).
+        agent_run.release_connection()
 
 
 def _run_execution(execution: Execution) -> str:

@@ -17,15 +17,24 @@ from tiers.models import Tier
 
 _lock = threading.Lock()
 _cache: tuple[float, dict[str, Tier]] | None = None
+# Bumped by clear(): a read that began before an edit must not be cached after it.
+_generation = 0
 
 
 def _rows() -> dict[str, Tier]:
     global _cache
+    cached = _cache
+    if cached is not None and time.monotonic() - cached[0] <= settings.AES_TIER_CACHE_SECONDS:
+        return cached[1]
+    # The query runs outside the lock: a thread holding the lock while it
+    # waits for a pooled database connection would deadlock with threads
+    # that hold connections and wait for the lock (threaded workers).
+    generation = _generation
+    rows = {tier.name: tier for tier in Tier.objects.order_by("priority")}
     with _lock:
-        now = time.monotonic()
-        if _cache is None or now - _cache[0] > settings.AES_TIER_CACHE_SECONDS:
-            _cache = (now, {tier.name: tier for tier in Tier.objects.order_by("priority")})
-        return _cache[1]
+        if generation == _generation:
+            _cache = (time.monotonic(), rows)
+    return rows
 
 
 def get_tier(name: str) -> Tier | None:
@@ -40,9 +49,10 @@ def tiers_by_priority() -> list[Tier]:
 
 def clear() -> None:
     """Forget the cached rows (after an edit in this process, and in tests)."""
-    global _cache
+    global _cache, _generation
     with _lock:
         _cache = None
+        _generation += 1
 
 
 def connect_signals() -> None:

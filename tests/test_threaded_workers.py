@@ -105,7 +105,11 @@ def test_a_killed_threaded_worker_has_all_its_runs_closed_once(peers, llm, redis
 def test_runs_share_a_small_connection_pool_while_they_wait(peers, llm, redis):
     llm.latency_seconds = 3
     # Six runs in flight on two connections: each holds one only to write.
-    service = _start(llm, runs=6, slots=6, DB_POOL_SIZE="2")
+    # Tiers re-read by every run, and a short wait for a connection: a run
+    # that kept its connection through the LLM call would starve the others.
+    service = _start(
+        llm, runs=6, slots=6, DB_POOL_SIZE="2", DB_POOL_TIMEOUT="2", AES_TIER_CACHE_SECONDS="0"
+    )
     try:
         wait_until(lambda: _running() == 6, what="six runs running at once")
         wait_until(lambda: len(callbacks()) == 6, timeout=30, what="six callbacks")

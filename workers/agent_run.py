@@ -6,7 +6,8 @@ import json
 import logging
 import math
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 from django import db
 from django.conf import settings
@@ -28,6 +29,9 @@ from workers.callbacks import Outcome
 from workers.protocol import AgentConfig, AgentRunData
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def run(execution: Execution) -> Outcome:
@@ -56,6 +60,7 @@ def run(execution: Execution) -> Outcome:
             caller, execution.agent_id, limits["agent_config_cache_ttl"], deadline
         )
         _check_permissions(execution, agent)
+        release_connection()  # the tier lookup may have taken one
         history = []
         if execution.session_id:
             history = peers.get_history(
@@ -74,10 +79,12 @@ def run(execution: Execution) -> Outcome:
             record(execution, note)
         check_cancelled = cancellation.checker(str(execution.id))
         loop = AgentLoop(
-            complete=llm.completer(
-                model=agent.model or settings.AES_DEFAULT_MODEL,
-                temperature=agent.temperature,
-                check_cancelled=check_cancelled,
+            complete=_without_connection(
+                llm.completer(
+                    model=agent.model or settings.AES_DEFAULT_MODEL,
+                    temperature=agent.temperature,
+                    check_cancelled=check_cancelled,
+                )
             ),
             tools=toolset,
             max_iterations=min(limits["max_iterations"], data.max_iterations or math.inf),
@@ -158,6 +165,16 @@ def release_connection() -> None:
     """
     if db.connection.settings_dict.get("OPTIONS", {}).get("pool"):
         db.connection.close()
+
+
+def _without_connection(call: Callable[P, R]) -> Callable[P, R]:
+    """Wrap a call that waits (the LLM) so that the run holds no pooled connection meanwhile."""
+
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        release_connection()
+        return call(*args, **kwargs)
+
+    return wrapped
 
 
 def record(execution: Execution, step: Step) -> None:

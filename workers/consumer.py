@@ -74,7 +74,7 @@ class Consumer:
         self.handled = 0
 
     def stop(self) -> None:
-        """Ask the loop to stop after the message in hand (safe from a signal handler)."""
+        """Ask the loop to stop after the message in hand (from any thread)."""
         self.stopping.set()
         self._wake.set()
 

@@ -7,10 +7,9 @@ add capacity on another machine.
 
 from __future__ import annotations
 
-import signal
-
 from django.core.management.base import BaseCommand, CommandError
 
+from workers.signals import on_stop_signals
 from workers.threaded import ThreadedHost
 
 
@@ -26,10 +25,5 @@ class Command(BaseCommand):
         if slots < 1:
             raise CommandError("--slots must be 1 or more")
         host = ThreadedHost(queues, slots, burst=burst)
-
-        def stop(signum, frame) -> None:
-            host.stop()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        on_stop_signals(host.stop)
         host.run()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
 import time
@@ -16,6 +15,7 @@ from django.db import close_old_connections
 from tiers import lookup
 from workers import keys, reaper, redis_client
 from workers.consumer import Consumer
+from workers.signals import on_stop_signals
 from workers.supervisor import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,7 @@ class Command(BaseCommand):
             raise CommandError("no tiers are defined: run `python manage.py migrate` first")
         consumer = Consumer(tiers)
         pool = WorkerPool(rq_workers, tiers, burst=burst, runs_per_worker=runs_per_worker)
-
-        def stop(signum, frame) -> None:
-            consumer.stop()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        on_stop_signals(consumer.stop)
         try:
             if burst:
                 consumer.run(burst=True)

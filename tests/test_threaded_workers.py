@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from contextlib import contextmanager
 
 import pytest
 from django.db import connection
@@ -24,22 +25,29 @@ def _start(llm, runs: int, slots: int, timeout: int = 30, **env: str):
     )
 
 
+@contextmanager
+def _serving(llm, runs: int, slots: int, timeout: int = 30, **env: str):
+    """As `_start`, stopping the service (SIGTERM, then by its PID) on the way out."""
+    service = _start(llm, runs, slots, timeout, **env)
+    try:
+        yield service
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=45)
+        end(service)
+
+
 def _running() -> int:
     return Execution.objects.filter(status="running").count()
 
 
 def test_one_worker_process_runs_several_runs_at_once(peers, llm, redis):
     llm.latency_seconds = 2
-    service = _start(llm, runs=4, slots=4)
-    try:
+    with _serving(llm, runs=4, slots=4):
         wait_until(lambda: _running() == 4, what="four runs running at once")
         (worker,) = rq_worker_pids(redis)
         assert children(worker) == []  # no work-horses: the runs are threads of the worker
         sent = wait_until(lambda: len(callbacks()) >= 4 and callbacks(), what="four callbacks")
-    finally:
-        service.send_signal(signal.SIGTERM)
-        service.wait(timeout=45)
-        end(service)
     assert sorted(c["data"]["response"] for c in sent) == [
         f"(stand-in) You said: run {n}" for n in range(4)
     ]
@@ -49,16 +57,11 @@ def test_one_worker_process_runs_several_runs_at_once(peers, llm, redis):
 
 def test_a_worker_takes_no_more_runs_than_its_slots(peers, llm, redis):
     llm.latency_seconds = 2
-    service = _start(llm, runs=3, slots=2)
-    try:
+    with _serving(llm, runs=3, slots=2):
         wait_until(lambda: _running() == 2, what="two runs running")
         # The third stays queued, in RQ, for this or another worker's next free slot.
         assert Execution.objects.filter(status="queued").count() == 1
         wait_until(lambda: len(callbacks()) == 3, timeout=30, what="three callbacks")
-    finally:
-        service.send_signal(signal.SIGTERM)
-        service.wait(timeout=45)
-        end(service)
     assert set(Execution.objects.values_list("status", flat=True)) == {"completed"}
 
 
@@ -76,27 +79,18 @@ def test_sigterm_lets_the_runs_in_hand_finish(peers, llm, redis):
 
 
 def test_a_killed_threaded_worker_has_all_its_runs_closed_once(peers, llm, redis):
-    llm.latency_seconds = 60
-    service = _start(
-        llm,
-        runs=3,
-        slots=3,
-        timeout=2,
-        AES_REAPER_GRACE_SECONDS="0",
-        AES_REAPER_INTERVAL_SECONDS="0.5",
-    )
-    try:
+    llm.latency_seconds = 120
+    # Deadlines two minutes away, and the reaper's default grace: only the
+    # supervisor, which saw its worker die, can end these runs soon.
+    with _serving(llm, runs=3, slots=3, timeout=120):
         wait_until(lambda: _running() == 3, what="three runs running")
         (worker,) = rq_worker_pids(redis)
         os.kill(worker, signal.SIGKILL)  # every run in that process is lost with it
-        sent = wait_until(lambda: len(callbacks()) >= 3 and callbacks(), timeout=30, what="reaper")
+        sent = wait_until(lambda: len(callbacks()) >= 3 and callbacks(), timeout=30, what="ends")
         wait_until(lambda: rq_worker_pids(redis) - {worker}, what="a replacement worker")
-    finally:
-        service.send_signal(signal.SIGTERM)
-        service.wait(timeout=45)
-        end(service)
     assert not pid_alive(worker)
     assert [c["data"]["error"]["code"] for c in sent] == ["INTERNAL"] * 3
+    assert all("worker process" in c["data"]["error"]["message"] for c in sent)
     assert set(Execution.objects.values_list("status", flat=True)) == {"failed"}
     assert len(callbacks()) == 3
 
@@ -107,14 +101,9 @@ def test_runs_share_a_small_connection_pool_while_they_wait(peers, llm, redis):
     # Six runs in flight on two connections: each holds one only to write.
     # Tiers re-read by every run, and a short wait for a connection: a run
     # that kept its connection through the LLM call would starve the others.
-    service = _start(
+    with _serving(
         llm, runs=6, slots=6, DB_POOL_SIZE="2", DB_POOL_TIMEOUT="2", AES_TIER_CACHE_SECONDS="0"
-    )
-    try:
+    ):
         wait_until(lambda: _running() == 6, what="six runs running at once")
         wait_until(lambda: len(callbacks()) == 6, timeout=30, what="six callbacks")
-    finally:
-        service.send_signal(signal.SIGTERM)
-        service.wait(timeout=45)
-        end(service)
     assert set(Execution.objects.values_list("status", flat=True)) == {"completed"}

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from workers.threaded import close_runs_of_dead_host
+
 log = logging.getLogger(__name__)
 
 # Seconds a stopping worker may take to finish its job before it is killed.
@@ -92,6 +94,10 @@ class WorkerPool:
                 "RQ worker pid %d exited with %s; restarting", process.pid, process.returncode
             )
             self._restart_after[slot] = now + RESTART_BACKOFF_SECONDS
+            if self.runs_per_worker > 1:
+                closed = close_runs_of_dead_host(process.pid)
+                if closed:
+                    log.error("ended %d run(s) lost with RQ worker pid %d", closed, process.pid)
             self._spawn(slot)
 
     def running(self) -> bool:

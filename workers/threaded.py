@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 import time
 
@@ -32,6 +33,7 @@ from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
 from workers import keys, redis_client
+from workers.jobs import close_abandoned
 from workers.rq_worker import ExecutionJobs, warm
 
 log = logging.getLogger(__name__)
@@ -177,3 +179,25 @@ class ThreadedHost:
                 if slot.get_state() != WorkerStatus.BUSY:
                     slot.heartbeat(pipeline=pipeline)
             pipeline.execute()
+
+
+def close_runs_of_dead_host(pid: int) -> int:
+    """End, at once, the runs a threaded worker process held when it died.
+
+    Its runs died with it, so there is no reason to wait for their
+    deadlines (the reaper's rule, for machines that vanish whole). Each
+    ends `failed`/INTERNAL with one callback; return how many were ended.
+    Only for threaded workers: a forking worker's work-horse may outlive its
+    worker and still finish its run.
+    """
+    connection = redis_client.shared()
+    hostname = socket.gethostname()
+    closed = 0
+    for worker in SlotWorker.all(connection=connection):
+        if worker.pid != pid or worker.hostname != hostname:
+            continue
+        job_id = worker.get_current_job_id()
+        if job_id and close_abandoned(job_id, f"its worker process {pid} died"):
+            closed += 1
+        worker.register_death()
+    return closed

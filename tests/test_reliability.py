@@ -90,6 +90,22 @@ def test_reaper_enqueues_a_queued_run_whose_job_was_lost(peers, llm, redis):
     assert len(callbacks()) == 1
 
 
+def test_reaper_enqueues_a_run_whose_worker_died_holding_its_job(peers, llm, redis):
+    push(agent_run())
+    consume()
+    execution = Execution.objects.get()
+    # A worker took the job off its queue and died before starting it: the
+    # job still says "queued", but no queue holds it.
+    queue = django_rq.get_queue("free")
+    assert redis.lpop(queue.key).decode() == str(execution.id)
+    Execution.objects.update(queued_at=timezone.now() - timedelta(minutes=5))
+    assert reaper.reap()["requeued"] == 1
+    work()
+    execution.refresh_from_db()
+    assert execution.status == "completed"
+    assert len(callbacks()) == 1
+
+
 def test_reaper_leaves_queued_runs_whose_job_waits_alone(redis):
     push(agent_run())
     consume()

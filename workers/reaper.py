@@ -5,7 +5,8 @@ all of them (a Redis lock), every AES_REAPER_INTERVAL_SECONDS:
 
 1. `queued` runs older than QUEUED_GRACE whose job RQ no longer holds (the
    consumer died between commit and enqueue, Redis lost its data, a
-   wake-up was lost) are enqueued again; a run still waiting for its gates
+   wake-up was lost, a worker died between taking the job and starting
+   it) are enqueued again; a run still waiting for its gates
    simply goes back to waiting.
 2. `running` runs past their deadline by more than AES_REAPER_GRACE_SECONDS
    were abandoned (their worker was SIGKILLed or lost with its machine): RQ
@@ -55,11 +56,19 @@ def reap() -> dict[str, int]:
 def _requeue_lost_jobs() -> int:
     cutoff = timezone.now() - timedelta(seconds=QUEUED_GRACE_SECONDS)
     stale = list(Execution.objects.filter(status=Status.QUEUED, queued_at__lt=cutoff)[:BATCH])
-    # One pipelined read for the whole batch.
-    found = Job.fetch_many([str(e.id) for e in stale], connection=redis_client.shared())
+    client = redis_client.shared()
+    # One pipelined read for the whole batch, one more for queue positions.
+    found = Job.fetch_many([str(e.id) for e in stale], connection=client)
+    with client.pipeline(transaction=False) as pipeline:
+        for execution in stale:
+            pipeline.lpos(jobs.tier_queue(execution.tier).key, str(execution.id))
+        positions = pipeline.execute()
     count = 0
-    for execution, job in zip(stale, found, strict=True):
-        if job is None or job.get_status(refresh=False) not in _LIVE_JOB:
+    for execution, job, position in zip(stale, found, positions, strict=True):
+        status = job.get_status(refresh=False) if job is not None else None
+        # A job still marked queued but in no queue was taken by a worker
+        # that died before starting it: nothing will run it.
+        if status not in _LIVE_JOB or (status == JobStatus.QUEUED and position is None):
             jobs.enqueue(execution, wake=True)
             count += 1
     if count:

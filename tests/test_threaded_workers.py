@@ -10,8 +10,10 @@ import pytest
 from django.db import connection
 
 from executions.models import Execution
-from tests.conftest import agent_run, callbacks, push
+from tests.conftest import agent_run, callbacks, consume, push, work
 from tests.test_processes import children, end, pid_alive, rq_worker_pids, start_service, wait_until
+from workers import redis_client
+from workers.threaded import SlotWorker, close_runs_of_dead_host
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -107,3 +109,31 @@ def test_runs_share_a_small_connection_pool_while_they_wait(peers, llm, redis):
         wait_until(lambda: _running() == 6, what="six runs running at once")
         wait_until(lambda: len(callbacks()) == 6, timeout=30, what="six callbacks")
     assert set(Execution.objects.values_list("status", flat=True)) == {"completed"}
+
+
+def _registered_slot(execution_id: str, pid: int):
+    """An RQ slot registered in Redis as a dead process's, busy with the given job."""
+    slot = SlotWorker(["free"], connection=redis_client.shared())
+    slot.register_birth()
+    slot.connection.hset(slot.key, "pid", pid)
+    slot.set_current_job_id(execution_id)
+    return slot
+
+
+def test_a_dead_hosts_runs_end_and_its_unstarted_runs_run_again(peers, llm, redis):
+    push(agent_run(message="taken, never started"))
+    push(agent_run(message="running"))
+    consume()
+    taken, running = Execution.objects.order_by("queued_at")
+    Execution.objects.filter(pk=running.pk).update(status="running")
+    redis.delete("rq:queue:free")  # both jobs were taken by the dead process
+    dead_pid = 2**22 + 1  # above the kernel's pid_max: no such process
+    for execution in (taken, running):
+        _registered_slot(str(execution.id), dead_pid)
+
+    assert close_runs_of_dead_host(dead_pid) == 1
+    work()
+    statuses = dict(Execution.objects.values_list("pk", "status"))
+    assert statuses == {taken.pk: "completed", running.pk: "failed"}
+    assert len(callbacks()) == 2
+    assert redis.smembers("rq:workers") == set()  # the dead slots are deregistered

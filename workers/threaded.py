@@ -32,8 +32,9 @@ from rq.job import Job
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
+from executions.models import Execution, Status
 from workers import keys, redis_client
-from workers.jobs import close_abandoned
+from workers.jobs import close_abandoned, enqueue
 from workers.rq_worker import ExecutionJobs, warm
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,8 @@ class ThreadedHost:
 def close_runs_of_dead_host(pid: int) -> int:
     """End, at once, the runs a threaded worker process held when it died.
 
+    A run it had taken but not started is enqueued again instead.
+
     Its runs died with it, so there is no reason to wait for their
     deadlines (the reaper's rule, for machines that vanish whole). Each
     ends `failed`/INTERNAL with one callback; return how many were ended.
@@ -197,7 +200,11 @@ def close_runs_of_dead_host(pid: int) -> int:
         if worker.pid != pid or worker.hostname != hostname:
             continue
         job_id = worker.get_current_job_id()
-        if job_id and close_abandoned(job_id, f"its worker process {pid} died"):
+        execution = Execution.objects.filter(pk=job_id).first() if job_id else None
+        if execution is not None and execution.status == Status.QUEUED:
+            # Taken but not yet started: nothing ran, so it runs again.
+            enqueue(execution, wake=True)
+        elif job_id and close_abandoned(job_id, f"its worker process {pid} died"):
             closed += 1
         worker.register_death()
     return closed

@@ -15,6 +15,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 from rq.registry import FailedJobRegistry
+from rq.serializers import JSONSerializer
 
 from executions.models import Execution
 from tests.conftest import TIERS, agent_run, callbacks, consume, dead_letters, push, work
@@ -104,6 +105,42 @@ def test_reaper_enqueues_a_run_whose_worker_died_holding_its_job(peers, llm, red
     execution.refresh_from_db()
     assert execution.status == "completed"
     assert len(callbacks()) == 1
+
+
+def test_reaper_enqueues_a_run_whose_job_a_dead_worker_had_started(peers, llm, redis):
+    push(agent_run())
+    consume()
+    execution = Execution.objects.get()
+    queue = django_rq.get_queue("free")
+    # A worker took the job and RQ marked it started; the worker died before
+    # the run claimed its row. Its registration is left behind with its pid.
+    job = queue.dequeue_any([queue], None, connection=queue.connection, serializer=JSONSerializer)[
+        0
+    ]
+    worker = ExecutionWorker([queue], connection=queue.connection)
+    worker.register_birth()
+    worker.prepare_job_execution(job)
+    worker.connection.hset(worker.key, "pid", 2**22 + 1)  # no such process
+    Execution.objects.update(queued_at=timezone.now() - timedelta(minutes=5))
+    assert reaper.reap()["requeued"] == 1
+    work()
+    execution.refresh_from_db()
+    assert execution.status == "completed"
+    assert len(callbacks()) == 1
+
+
+def test_reaper_leaves_a_queued_run_whose_live_worker_is_starting_it(redis):
+    push(agent_run())
+    consume()
+    queue = django_rq.get_queue("free")
+    job = queue.dequeue_any([queue], None, connection=queue.connection, serializer=JSONSerializer)[
+        0
+    ]
+    worker = ExecutionWorker([queue], connection=queue.connection)  # this process: alive
+    worker.register_birth()
+    worker.prepare_job_execution(job)
+    Execution.objects.update(queued_at=timezone.now() - timedelta(minutes=5))
+    assert reaper.reap()["requeued"] == 0
 
 
 def test_reaper_leaves_queued_runs_whose_job_waits_alone(redis):

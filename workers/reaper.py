@@ -6,7 +6,8 @@ all of them (a Redis lock), every AES_REAPER_INTERVAL_SECONDS:
 1. `queued` runs older than QUEUED_GRACE whose job RQ no longer holds (the
    consumer died between commit and enqueue, Redis lost its data, a
    wake-up was lost, a worker died between taking the job and starting
-   it) are enqueued again; a run still waiting for its gates
+   the run: its job says queued but no queue holds it, or says started by
+   a worker that is gone) are enqueued again; a run still waiting for its gates
    simply goes back to waiting.
 2. `running` runs past their deadline by more than AES_REAPER_GRACE_SECONDS
    were abandoned (their worker was SIGKILLed or lost with its machine): RQ
@@ -19,11 +20,14 @@ all of them (a Redis lock), every AES_REAPER_INTERVAL_SECONDS:
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
 from rq.job import Job, JobStatus
+from rq.worker import Worker
 
 from executions.models import Execution, Status
 from workers import callbacks, jobs, redis_client
@@ -57,23 +61,55 @@ def _requeue_lost_jobs() -> int:
     cutoff = timezone.now() - timedelta(seconds=QUEUED_GRACE_SECONDS)
     stale = list(Execution.objects.filter(status=Status.QUEUED, queued_at__lt=cutoff)[:BATCH])
     client = redis_client.shared()
-    # One pipelined read for the whole batch, one more for queue positions.
+    # One pipelined read for the jobs, one for where they are.
     found = Job.fetch_many([str(e.id) for e in stale], connection=client)
     with client.pipeline(transaction=False) as pipeline:
-        for execution in stale:
+        for execution, job in zip(stale, found, strict=True):
             pipeline.lpos(jobs.tier_queue(execution.tier).key, str(execution.id))
-        positions = pipeline.execute()
+            worker = job.worker_name if job is not None and job.worker_name else "-"
+            pipeline.hmget(f"{Worker.redis_worker_namespace_prefix}{worker}", "hostname", "pid")
+        replies = pipeline.execute()
     count = 0
-    for execution, job, position in zip(stale, found, positions, strict=True):
-        status = job.get_status(refresh=False) if job is not None else None
-        # A job still marked queued but in no queue was taken by a worker
-        # that died before starting it: nothing will run it.
-        if status not in _LIVE_JOB or (status == JobStatus.QUEUED and position is None):
+    for index, (execution, job) in enumerate(zip(stale, found, strict=True)):
+        position, (hostname, pid) = replies[2 * index], replies[2 * index + 1]
+        if _lost(job, position, hostname, pid):
             jobs.enqueue(execution, wake=True)
             count += 1
     if count:
         log.warning("reaper: enqueued %d queued run(s) whose job was gone", count)
     return count
+
+
+def _lost(job: Job | None, position: int | None, hostname: bytes | None, pid: bytes | None) -> bool:
+    """Whether nothing will ever run the job of a run that is still queued.
+
+    Beyond a missing or ended job: a job marked queued that no queue holds,
+    or marked started by a worker that is gone (its registration expired, or
+    its process on this machine is dead), was taken by a worker that died
+    before the run began.
+    """
+    status = job.get_status(refresh=False) if job is not None else None
+    if status not in _LIVE_JOB:
+        return True
+    if status == JobStatus.QUEUED:
+        return position is None
+    if status == JobStatus.STARTED:
+        if hostname is None:
+            return True
+        return hostname.decode() == socket.gethostname() and not _pid_alive(int(pid or 0))
+    return False
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _close_abandoned_runs() -> int:

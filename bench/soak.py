@@ -241,7 +241,8 @@ def main() -> None:
         print(
             f"pushed {len(client.pushed_at)} runs in {time.monotonic() - started:.0f}s; "
             f"killed {chaos.horses_killed} work-horses, {chaos.workers_killed} RQ workers "
-            f"with their horse, {chaos.service_kills} services ({chaos.errors} chaos errors)",
+            f"with their horse or runs, {chaos.service_kills} services "
+            f"({chaos.errors} chaos errors)",
             flush=True,
         )
         client.wait_for([r["correlation_id"] for r in runs], args.final_wait)

@@ -76,55 +76,51 @@ def test_a_message_that_kills_every_consumer_is_dead_lettered(redis):
     assert redis.llen(keys.actions("free")) == 0
 
 
-def test_reaper_enqueues_a_queued_run_whose_job_was_lost(peers, llm, redis):
+def _queued_run_that_the_reaper_must_run(lose_job) -> Execution:
+    """Record a run, lose its job with `lose_job(queue, execution)`, age the row, reap."""
     push(agent_run())
     consume()
     execution = Execution.objects.get()
-    django_rq.get_queue("free").empty()  # as after a Redis restart without persistence
-    Execution.objects.filter(pk=execution.pk).update(
-        queued_at=timezone.now() - timedelta(minutes=5)
-    )
+    lose_job(django_rq.get_queue("free"), execution)
+    Execution.objects.update(queued_at=timezone.now() - timedelta(minutes=5))
     assert reaper.reap()["requeued"] == 1
     work()
     execution.refresh_from_db()
+    return execution
+
+
+def _take_and_start(queue) -> ExecutionWorker:
+    """A worker takes the queue's job and RQ marks it started (the run has not begun)."""
+    job = queue.dequeue_any([queue], None, connection=queue.connection, serializer=JSONSerializer)
+    worker = ExecutionWorker([queue], connection=queue.connection)
+    worker.register_birth()
+    worker.prepare_job_execution(job[0])
+    return worker
+
+
+def test_reaper_enqueues_a_queued_run_whose_job_was_lost(peers, llm, redis):
+    # As after a Redis restart without persistence.
+    execution = _queued_run_that_the_reaper_must_run(lambda queue, _: queue.empty())
     assert execution.status == "completed"
     assert len(callbacks()) == 1
 
 
 def test_reaper_enqueues_a_run_whose_worker_died_holding_its_job(peers, llm, redis):
-    push(agent_run())
-    consume()
-    execution = Execution.objects.get()
     # A worker took the job off its queue and died before starting it: the
     # job still says "queued", but no queue holds it.
-    queue = django_rq.get_queue("free")
-    assert redis.lpop(queue.key).decode() == str(execution.id)
-    Execution.objects.update(queued_at=timezone.now() - timedelta(minutes=5))
-    assert reaper.reap()["requeued"] == 1
-    work()
-    execution.refresh_from_db()
+    execution = _queued_run_that_the_reaper_must_run(lambda queue, _: redis.lpop(queue.key))
     assert execution.status == "completed"
     assert len(callbacks()) == 1
 
 
 def test_reaper_enqueues_a_run_whose_job_a_dead_worker_had_started(peers, llm, redis):
-    push(agent_run())
-    consume()
-    execution = Execution.objects.get()
-    queue = django_rq.get_queue("free")
-    # A worker took the job and RQ marked it started; the worker died before
-    # the run claimed its row. Its registration is left behind with its pid.
-    job = queue.dequeue_any([queue], None, connection=queue.connection, serializer=JSONSerializer)[
-        0
-    ]
-    worker = ExecutionWorker([queue], connection=queue.connection)
-    worker.register_birth()
-    worker.prepare_job_execution(job)
-    worker.connection.hset(worker.key, "pid", 2**22 + 1)  # no such process
-    Execution.objects.update(queued_at=timezone.now() - timedelta(minutes=5))
-    assert reaper.reap()["requeued"] == 1
-    work()
-    execution.refresh_from_db()
+    # RQ marked the job started; its worker died before the run claimed its
+    # row, leaving its registration behind with its pid.
+    def die_after_starting(queue, _):
+        worker = _take_and_start(queue)
+        worker.connection.hset(worker.key, "pid", 2**22 + 1)  # no such process
+
+    execution = _queued_run_that_the_reaper_must_run(die_after_starting)
     assert execution.status == "completed"
     assert len(callbacks()) == 1
 
@@ -132,13 +128,7 @@ def test_reaper_enqueues_a_run_whose_job_a_dead_worker_had_started(peers, llm, r
 def test_reaper_leaves_a_queued_run_whose_live_worker_is_starting_it(redis):
     push(agent_run())
     consume()
-    queue = django_rq.get_queue("free")
-    job = queue.dequeue_any([queue], None, connection=queue.connection, serializer=JSONSerializer)[
-        0
-    ]
-    worker = ExecutionWorker([queue], connection=queue.connection)  # this process: alive
-    worker.register_birth()
-    worker.prepare_job_execution(job)
+    _take_and_start(django_rq.get_queue("free"))  # a worker of this process: alive
     Execution.objects.update(queued_at=timezone.now() - timedelta(minutes=5))
     assert reaper.reap()["requeued"] == 0
 

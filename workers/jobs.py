@@ -156,12 +156,18 @@ def _release(execution: Execution) -> None:
 def close_abandoned(execution_id: str, reason: str) -> bool:
     """End an execution whose job died before finishing it, with one callback.
 
-    Not retried: the dead job may have called the LLM or saved messages, and
-    running it again could answer or bill twice. The caller may send the
-    request again with a new action_id.
+    Not retried once started: the dead job may have called the LLM or saved
+    messages, and running it again could answer or bill twice. The caller
+    may send the request again with a new action_id. A run whose job died
+    before it started (still `queued`) did nothing: it is enqueued again.
+    Return True when this call ended the run.
     """
     execution = Execution.objects.filter(pk=execution_id).first()
     if execution is None or execution.is_final:
+        return False
+    if execution.status == Status.QUEUED:
+        log.warning("execution %s enqueued again: %s before it started", execution_id, reason)
+        enqueue(execution, wake=True)
         return False
     log.error("execution %s abandoned: %s", execution_id, reason)
     return conclude(

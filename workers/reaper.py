@@ -7,8 +7,8 @@ all of them (a Redis lock), every AES_REAPER_INTERVAL_SECONDS:
    consumer died between commit and enqueue, Redis lost its data, a
    wake-up was lost, a worker died between taking the job and starting
    the run: its job says queued but no queue holds it, or says started by
-   a worker that is gone) are enqueued again; a run still waiting for its gates
-   simply goes back to waiting.
+   a worker that is gone) are enqueued again; a run still waiting for its
+   gates simply goes back to waiting.
 2. `running` runs past their deadline by more than AES_REAPER_GRACE_SECONDS
    were abandoned (their worker was SIGKILLed or lost with its machine): RQ
    would have ended a live job by then. They fail with INTERNAL, or end in
@@ -70,8 +70,8 @@ def _requeue_lost_jobs() -> int:
             pipeline.hmget(f"{Worker.redis_worker_namespace_prefix}{worker}", "hostname", "pid")
         replies = pipeline.execute()
     count = 0
-    for index, (execution, job) in enumerate(zip(stale, found, strict=True)):
-        position, (hostname, pid) = replies[2 * index], replies[2 * index + 1]
+    where = zip(replies[::2], replies[1::2], strict=True)  # (position, (hostname, pid))
+    for execution, job, (position, (hostname, pid)) in zip(stale, found, where, strict=True):
         if _lost(job, position, hostname, pid):
             jobs.enqueue(execution, wake=True)
             count += 1

@@ -11,7 +11,7 @@ cannot start yet stay in RQ for other workers.
 
 What the threads give up against a forked horse (docs/performance.md weighs
 it): a run that crashes the interpreter takes its neighbours with it (the
-reaper closes them, as for a lost machine); a job past its RQ timeout is
+supervisor ends them at once: `close_runs_of_dead_host`); a job past its RQ timeout is
 stopped by an exception raised in its thread rather than by killing a
 process; and Python runs one thread at a time, so one process per core.
 """
@@ -32,9 +32,8 @@ from rq.job import Job
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
-from executions.models import Execution, Status
 from workers import keys, redis_client
-from workers.jobs import close_abandoned, enqueue
+from workers.jobs import close_abandoned
 from workers.rq_worker import ExecutionJobs, warm
 
 log = logging.getLogger(__name__)
@@ -185,13 +184,12 @@ class ThreadedHost:
 def close_runs_of_dead_host(pid: int) -> int:
     """End, at once, the runs a threaded worker process held when it died.
 
-    A run it had taken but not started is enqueued again instead.
-
     Its runs died with it, so there is no reason to wait for their
     deadlines (the reaper's rule, for machines that vanish whole). Each
-    ends `failed`/INTERNAL with one callback; return how many were ended.
-    Only for threaded workers: a forking worker's work-horse may outlive its
-    worker and still finish its run.
+    ends `failed`/INTERNAL with one callback, or runs again if it had not
+    started (`close_abandoned`); return how many were ended. Only for
+    threaded workers: a forking worker's work-horse may outlive its worker
+    and still finish its run.
     """
     connection = redis_client.shared()
     hostname = socket.gethostname()
@@ -200,11 +198,7 @@ def close_runs_of_dead_host(pid: int) -> int:
         if worker.pid != pid or worker.hostname != hostname:
             continue
         job_id = worker.get_current_job_id()
-        execution = Execution.objects.filter(pk=job_id).first() if job_id else None
-        if execution is not None and execution.status == Status.QUEUED:
-            # Taken but not yet started: nothing ran, so it runs again.
-            enqueue(execution, wake=True)
-        elif job_id and close_abandoned(job_id, f"its worker process {pid} died"):
+        if job_id and close_abandoned(job_id, f"its worker process {pid} died"):
             closed += 1
         worker.register_death()
     return closed

@@ -228,5 +228,9 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"rq.worker": {"level": env_str("RQ_LOG_LEVEL", "WARNING")}},
+    "loggers": {
+        "rq.worker": {"level": env_str("RQ_LOG_LEVEL", "WARNING")},
+        # A line per LLM request says nothing the run's steps do not.
+        "httpx2": {"level": "WARNING"},
+    },
 }

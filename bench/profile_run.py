@@ -63,11 +63,9 @@ def main() -> None:
     peers = DevPeers(redis_client.shared(), [args.tier], load_fixture())
     _thread, stop = peers.start_in_thread()
     if args.warm:
-        from tiers import lookup
-        from workers import llm as llm_client
+        from workers.rq_worker import warm
 
-        llm_client.client().chat.completions  # noqa: B018 - imports the chat resources
-        lookup.tiers_by_priority()
+        warm()
     out = Path(tempfile.mkdtemp(prefix="aes-profile-"))
     walls, cpus = [], []
     profiler = cProfile.Profile()

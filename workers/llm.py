@@ -18,6 +18,7 @@ from typing import Any
 
 import openai
 from django.conf import settings
+from openai.types.chat import ChatCompletion
 
 from executions.agent_loop import Complete, Completion, ToolCall
 from executions.exceptions import ExecutionTimeout, LLMError
@@ -98,8 +99,21 @@ def completer(
     return complete
 
 
-def _call(request: dict[str, Any], timeout: float, check_cancelled: Callable[[], None]) -> Any:
-    future = _calls.submit(client().chat.completions.create, **request, timeout=timeout)
+def _call(
+    request: dict[str, Any], timeout: float, check_cancelled: Callable[[], None]
+) -> ChatCompletion:
+    # The client's documented `post`, not `chat.completions.create`: create()
+    # first walks the request through the SDK's type-driven transform, about
+    # 0.2 ms of CPU per message (8 ms for 40 messages of history, on every
+    # iteration); our request is plain JSON already. Same transport, errors
+    # and typed answer.
+    future = _calls.submit(
+        client().post,
+        "/chat/completions",
+        body=request,
+        cast_to=ChatCompletion,
+        options={"timeout": timeout},
+    )
     while True:
         try:
             return future.result(timeout=CANCEL_POLL_SECONDS)
@@ -132,7 +146,7 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     return None
 
 
-def _reduce(answer: Any) -> Completion:
+def _reduce(answer: ChatCompletion) -> Completion:
     if not answer.choices:
         raise LLMError("LLM answered with no choices")
     message = answer.choices[0].message

@@ -50,14 +50,14 @@ class ExecutionJobs:
 def warm() -> None:
     """Do once, in the worker process, what every run would otherwise redo.
 
-    Building the OpenAI client and importing its chat resources, and reading
-    the tiers, take about 90 ms: done before a fork, each forked work-horse
-    inherits them (measured: bench/profile_run.py --warm, 173 ms to 79 ms per
-    run). No connection is opened here.
+    Building the OpenAI client and reading the tiers take about 90 ms: done
+    before a fork, each forked work-horse inherits them (measured:
+    bench/profile_run.py --warm, 173 ms to 79 ms per run). No connection is
+    opened here.
     """
     from workers import llm
 
-    llm.client().chat.completions  # noqa: B018  imports the chat resources
+    llm.client()
     lookup.tiers_by_priority()
     connections.close_all()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -12,8 +14,8 @@ from django.db import connection
 from executions.models import Execution
 from tests.conftest import agent_run, callbacks, consume, push, work
 from tests.test_processes import children, end, pid_alive, rq_worker_pids, start_service, wait_until
-from workers import redis_client
-from workers.threaded import SlotWorker, close_runs_of_dead_host
+from workers import redis_client, threaded
+from workers.threaded import SlotWorker, ThreadedHost, close_runs_of_dead_host
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -137,3 +139,28 @@ def test_a_dead_hosts_runs_end_and_its_unstarted_runs_run_again(peers, llm, redi
     assert statuses == {taken.pk: "completed", running.pk: "failed"}
     assert len(callbacks()) == 2
     assert redis.smembers("rq:workers") == set()  # the dead slots are deregistered
+
+
+def test_a_slot_whose_run_outlasts_rqs_beat_stays_registered(peers, llm, redis, monkeypatch):
+    # RQ beats a slot's registration only as the slot starts a job, for at
+    # most 90 s; a longer run must not make its slot look dead meanwhile.
+    monkeypatch.setattr(threaded, "SLOT_HEARTBEAT_SECONDS", 0.2)
+    llm.latency_seconds = 8
+    push(agent_run(message="a long one"))
+    consume()
+    host = ThreadedHost(["free"], 1)
+    serving = threading.Thread(target=host.run)
+    serving.start()
+    try:
+        wait_until(lambda: _running() == 1, what="the run running")
+        (slot,) = host.slots
+        # As if RQ's beat at the job's start ran out soon. The dispatcher
+        # looks up at least every keys.BLOCK_SECONDS (5), and beats then.
+        redis.expire(slot.key, 7)
+        time.sleep(6)
+        assert _running() == 1
+        assert redis.ttl(slot.key) > 60
+    finally:
+        host.stop()
+        serving.join(timeout=30)
+    assert Execution.objects.get().status == "completed"

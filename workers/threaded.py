@@ -38,9 +38,10 @@ from workers.rq_worker import ExecutionJobs, warm
 
 log = logging.getLogger(__name__)
 
-# Seconds between two heartbeats of the idle slots, which RQ would otherwise
-# count as dead workers (their registration lives worker_ttl + 60 s).
-IDLE_HEARTBEAT_SECONDS = 60
+# Seconds between two heartbeats of every slot. RQ beats a slot's
+# registration only as it starts a job (for at most 90 s), so without these
+# an idle slot, or one whose run outlasts that, would look dead.
+SLOT_HEARTBEAT_SECONDS = 60
 
 
 class ThreadSlot(SimpleWorker):
@@ -111,6 +112,7 @@ class ThreadedHost:
 
     def _dispatch(self) -> None:
         while not self.stopping.is_set():
+            self._heartbeat_slots()
             try:
                 slot = self._free.get(timeout=keys.BLOCK_SECONDS)
             except queue.Empty:
@@ -129,7 +131,6 @@ class ThreadedHost:
             self._inbox[slot.name].put(found)
 
     def _dequeue(self, slot: ThreadSlot) -> tuple[Job, Queue] | None:
-        self._heartbeat_idle()
         try:
             found = Queue.dequeue_any(
                 slot.queues,
@@ -157,7 +158,6 @@ class ThreadedHost:
             job, job_queue = found
             try:
                 slot.execute_job(job, job_queue)
-                slot.heartbeat()
             except Exception:
                 log.exception("slot %s failed around job %s", slot.name, job.id)
             finally:
@@ -169,16 +169,19 @@ class ThreadedHost:
                 self._free.put(slot)
         connections.close_all()
 
-    def _heartbeat_idle(self) -> None:
-        """Keep idle slots registered; a busy slot's registration covers its job."""
-        if time.monotonic() - self._last_heartbeat < IDLE_HEARTBEAT_SECONDS:
+    def _heartbeat_slots(self) -> None:
+        """Keep every slot registered, busy or idle, in one round trip a minute."""
+        if time.monotonic() - self._last_heartbeat < SLOT_HEARTBEAT_SECONDS:
             return
         self._last_heartbeat = time.monotonic()
-        with self.slots[0].connection.pipeline() as pipeline:
-            for slot in self.slots:
-                if slot.get_state() != WorkerStatus.BUSY:
+        try:
+            with self.slots[0].connection.pipeline() as pipeline:
+                for slot in self.slots:
                     slot.heartbeat(pipeline=pipeline)
-            pipeline.execute()
+                pipeline.execute()
+        except redis.RedisError as exc:
+            # The registrations outlive a missed beat; the next one comes in a minute.
+            log.warning("slot heartbeat failed: %s", exc)
 
 
 def close_runs_of_dead_host(pid: int) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 import redis
 from rq import Queue, Worker
 from rq.job import Job
+from rq.registry import FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
 from bench.common import MANAGE, PYTHON, Env, commandstats, diff, percentile, stop, wait_until
@@ -50,7 +51,6 @@ def rq_noop(
         poller = counting_client(env.redis_url)
         queue = Queue(QUEUE, connection=enqueuer, serializer=JSONSerializer)
         ids = [str(uuid.uuid4()) for _ in range(jobs)]
-        already = queue.finished_job_registry.get_job_count()
         before = commandstats(poller)
         started = datetime.now(UTC)
         for job_id in ids:
@@ -58,13 +58,17 @@ def rq_noop(
                 "bench.noop.noop",
                 job_id=job_id,
                 timeout=330,
-                result_ttl=3600,
+                result_ttl=60,  # workers/jobs.py's options
                 failure_ttl=7 * 24 * 3600,
             )
-        finished = queue.finished_job_registry
-        # The AES's own finished jobs of this queue are there too (kept an hour).
+        # Read through the poller, whose commands are not counted as RQ's; the
+        # AES's own finished jobs of this queue are there too, expiring.
+        finished = FinishedJobRegistry(QUEUE, connection=poller, serializer=JSONSerializer)
+        ours = set(ids)
         wait_until(
-            lambda: finished.get_job_count() >= already + jobs, 30 + jobs / 5, "the no-op jobs"
+            lambda: len(ours.intersection(finished.get_job_ids())) >= jobs,
+            30 + jobs / 5,
+            "the no-op jobs",
         )
         own = dict(poller.sent)  # the bench's polling and INFO are not RQ's
         calls = diff(commandstats(poller), before)

@@ -20,6 +20,16 @@ def run_one(message: dict, tier: str = "free") -> tuple[Execution, list[dict]]:
     return Execution.objects.get(action_id=message["action_id"]), callbacks()
 
 
+def test_redis_keeps_a_finished_run_for_a_bounded_time(peers, llm, redis):
+    # Redis's memory grows with runs/s times what each run leaves behind:
+    # RQ's job (the row is the record) and the callback's push-once marker.
+    execution, sent = run_one(agent_run(agent_id="plain-bot"))
+
+    assert execution.status == "completed" and len(sent) == 1
+    assert 0 < redis.ttl(f"rq:job:{execution.id}") <= 60
+    assert 0 < redis.ttl(f"execution:callback_sent:{execution.id}") <= 3600
+
+
 def test_completed_run_records_the_answer_and_sends_one_callback(peers, llm):
     message = agent_run(agent_id="plain-bot", message="What time is it?")
     execution, sent = run_one(message)

@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 # the run stops itself at the deadline, this only catches a stuck process.
 JOB_TIMEOUT_MARGIN_SECONDS = 30
 # Seconds RQ keeps a finished or failed job's record (the row is the record).
-RESULT_TTL_SECONDS = 3600
+# A finished job and its result take ~6 KB of Redis: kept an hour, 2.2 GB
+# at 100 runs/s; a minute, 37 MB. Failed jobs are few and kept for a week.
+RESULT_TTL_SECONDS = 60
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 
 

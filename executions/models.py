@@ -107,6 +107,29 @@ class Execution(models.Model):
         except IntegrityError:
             return cls.objects.get(action_id=action_id), False
 
+    @classmethod
+    def purge(cls, finished_before: Any, *, batch_size: int = 1000, dry_run: bool = False) -> int:
+        """Delete ended runs finished before `finished_before`, with their steps; return how many.
+
+        Only runs whose callback was pushed: an unpushed one is still the
+        reaper's. Oldest first, in batches, so that no statement holds many
+        rows for long; the `queued_at` bound lets the (status, queued_at)
+        index find them.
+        """
+        ended = cls.objects.filter(
+            status__in=FINAL_STATUSES,
+            queued_at__lt=finished_before,
+            finished_at__lt=finished_before,
+            callback_sent_at__isnull=False,
+        ).order_by("queued_at")
+        if dry_run:
+            return ended.count()
+        deleted = 0
+        while ids := list(ended.values_list("pk", flat=True)[:batch_size]):
+            cls.objects.filter(pk__in=ids).delete()
+            deleted += len(ids)
+        return deleted
+
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES

@@ -156,7 +156,11 @@ def deliver(execution: Execution, *, again: bool = False) -> bool:
         )
     )
     execution.mark_callback_sent()
-    client.expire(marker, SENT_MARKER_KEPT_SECONDS)
+    try:
+        client.expire(marker, SENT_MARKER_KEPT_SECONDS)
+    except redis.RedisError as exc:
+        # Pushed and recorded: a marker that keeps its week costs only memory.
+        log.warning("callback marker of %s kept a week: %s", execution.id, exc)
     return pushed
 
 

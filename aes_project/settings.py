@@ -7,6 +7,7 @@ when REDIS_URL is unset, DEBUG on unless AES_ENV=production.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -173,12 +174,17 @@ AES_MAX_MESSAGE_BYTES = int(env_float("AES_MAX_MESSAGE_BYTES", 1024 * 1024, mini
 
 # --- API ---------------------------------------------------------------------
 
+# Proxies in front of the web processes, each appending the address it saw to
+# X-Forwarded-For (1 behind one TLS proxy). The API's throttles and its failed
+# authentication budget count that client address.
+AES_NUM_PROXIES = int(env_float("AES_NUM_PROXIES", 0))
+
 REST_FRAMEWORK = {
     # Tenant tokens first; Basic before Session so a request without
     # credentials gets 401 and a WWW-Authenticate header rather than 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "tokens.authentication.BearerTokenAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
+        "tokens.authentication.GuardedBasicAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
@@ -187,7 +193,21 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "executions.errors.api_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["executions.throttles.PerCallerThrottle"],
     "DEFAULT_THROTTLE_RATES": {"caller": env_str("AES_API_RATE", "600/min")},
+    # Never None, DRF's default, which trusts a client's own X-Forwarded-For.
+    "NUM_PROXIES": AES_NUM_PROXIES,
 }
+
+# Failed Bearer or Basic authentications an address may make per window
+# ("N/s|min|hour|day", the window opening at its first failure); past them its
+# API credentials answer 429, unchecked, until the window ends (tokens/guard.py).
+# Checked here rather than by tokens.guard.parse_rate: importing DRF from the
+# settings would freeze its settings before REST_FRAMEWORK exists.
+AES_AUTH_FAILURE_RATE = env_str("AES_AUTH_FAILURE_RATE", "30/min")
+if not re.fullmatch(r"[1-9][0-9]*/(s|sec|m|min|h|hour|d|day)", AES_AUTH_FAILURE_RATE):
+    raise ImproperlyConfigured(
+        "AES_AUTH_FAILURE_RATE must read N/s, N/min, N/hour or N/day,"
+        f" got {AES_AUTH_FAILURE_RATE!r}"
+    )
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Agent Execution Service API",

@@ -8,6 +8,7 @@ when REDIS_URL is unset, DEBUG on unless AES_ENV=production.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -46,6 +47,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_rq",
+    "axes",
     "tiers",
     "executions",
     "tokens",
@@ -61,12 +63,33 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as axes asks: turns a locked-out admin login into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 if not DEBUG:
     # gunicorn serves the admin's and API docs' static files itself
     # (collected into STATIC_ROOT); runserver does that in development.
     MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+
+# The admin login resists password guessing (django-axes): the axes backend
+# refuses a locked-out login before the ModelBackend checks its password.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failed admin logins of one username from one address before that pair is
+# locked out, and the minutes the lockout lasts after its last failure.
+AXES_FAILURE_LIMIT = int(env_float("AES_ADMIN_LOGIN_FAILURES", 10, minimum=1))
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("AES_ADMIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Lockouts apply under /admin/ only: the API's Basic authentication answers
+# its own 429s (tokens/guard.py), never axes' 403s. Its failures are still
+# recorded, so they count towards the admin lockout of that username and address.
+AXES_ONLY_ADMIN_SITE = True
+# The client address as the API sees it (AES_NUM_PROXIES, below).
+AXES_CLIENT_IP_CALLABLE = "tokens.guard.client_ident"
 
 ROOT_URLCONF = "aes_project.urls"
 WSGI_APPLICATION = "aes_project.wsgi.application"
@@ -175,8 +198,8 @@ AES_MAX_MESSAGE_BYTES = int(env_float("AES_MAX_MESSAGE_BYTES", 1024 * 1024, mini
 # --- API ---------------------------------------------------------------------
 
 # Proxies in front of the web processes, each appending the address it saw to
-# X-Forwarded-For (1 behind one TLS proxy). The API's throttles and its failed
-# authentication budget count that client address.
+# X-Forwarded-For (1 behind one TLS proxy). The API's throttles, its failed
+# authentication budget and the admin's lockouts count that client address.
 AES_NUM_PROXIES = int(env_float("AES_NUM_PROXIES", 0))
 
 REST_FRAMEWORK = {

@@ -1,7 +1,8 @@
-"""Guessing API credentials costs: an address that keeps failing gets 429.
+"""Guessing credentials costs: failed API authentications and admin logins lock out.
 
 The API counts failed Bearer and Basic credentials per client address
-(tokens/guard.py) and answers 429 past the budget.
+(tokens/guard.py) and answers 429 past the budget; the admin login locks a
+username from an address out after its failures (django-axes).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.test import Client
 
 from tests.conftest import subprocess_env
 from tokens.models import ApiToken
@@ -84,7 +86,10 @@ def test_valid_tokens_are_never_counted(client, settings, token):
     assert codes == [401, 401, 429]
 
 
-def test_wrong_basic_passwords_get_429(client, settings, django_user_model):
+def test_wrong_basic_passwords_get_429_and_never_axes_403(client, settings, django_user_model):
+    # Axes would lock this username and address out after 3 failures if it
+    # guarded the API: it must not, the API's own budget answers instead.
+    settings.AXES_FAILURE_LIMIT = 3
     settings.AES_AUTH_FAILURE_RATE = "8/min"
     django_user_model.objects.create_superuser("ops", password="right-password")
     attacker = {"REMOTE_ADDR": "203.0.113.20"}
@@ -97,6 +102,8 @@ def test_wrong_basic_passwords_get_429(client, settings, django_user_model):
     assert_throttled(client.get(ROUTE, **basic("ops", "right-password"), **attacker))
     other = {"REMOTE_ADDR": "198.51.100.20"}
     assert client.get(ROUTE, **basic("ops", "right-password"), **other).status_code == 200
+    # The API's failures do count towards the admin login's lockout of that pair.
+    assert login("203.0.113.20", "ops", "right-password").status_code == 429
     # Malformed Basic headers count as failures as well.
     settings.AES_AUTH_FAILURE_RATE = "1/min"
     there = {"REMOTE_ADDR": "203.0.113.21"}
@@ -139,11 +146,78 @@ def test_behind_one_proxy_the_address_it_forwards_is_counted(client, settings, t
     assert neighbour.status_code == 200
 
 
+def login(address: str, username: str, password: str):
+    """POST the admin login form from `address` in a fresh browser; return the response."""
+    return Client(REMOTE_ADDR=address).post(
+        "/admin/login/?next=/admin/",
+        {"username": username, "password": password, "next": "/admin/"},
+    )
+
+
+def test_the_admin_login_locks_a_username_out_of_an_address(
+    settings, django_user_model, admin_client
+):
+    limit = 10  # the default, not an override: checked below
+    django_user_model.objects.create_superuser("ops", password="right-password")
+    django_user_model.objects.create_superuser("lead", password="lead-password")
+    attacker = "203.0.113.50"
+
+    codes = [login(attacker, "ops", f"guess-{n}").status_code for n in range(limit - 1)]
+    assert codes == [200] * (limit - 1)  # the form again, with its error
+    locked = login(attacker, "ops", "guess-last")
+    assert locked.status_code == 429
+    assert "too many login attempts" in locked.content.decode()
+
+    refused = login(attacker, "ops", "right-password")
+    assert refused.status_code == 429
+    assert "_auth_user_id" not in refused.wsgi_request.session
+
+    # The lockout is of that username from that address only.
+    elsewhere = login("198.51.100.50", "ops", "right-password")
+    assert (elsewhere.status_code, elsewhere["Location"]) == (302, "/admin/")
+    colleague = login(attacker, "lead", "lead-password")
+    assert (colleague.status_code, colleague["Location"]) == (302, "/admin/")
+    # The API's Basic path is the guard's, not axes': the same pair gets in there.
+    api = Client(REMOTE_ADDR=attacker).get(ROUTE, **basic("ops", "right-password"))
+    assert api.status_code == 200
+    # Operators see the lockout in the admin, where they may delete it.
+    listed = admin_client.get("/admin/axes/accessattempt/").content.decode()
+    assert attacker in listed and "ops" in listed
+    assert settings.AXES_FAILURE_LIMIT == limit
+
+
+def test_a_successful_admin_login_clears_its_failures(settings, django_user_model):
+    settings.AXES_FAILURE_LIMIT = 3
+    django_user_model.objects.create_superuser("ops", password="right-password")
+    here = "203.0.113.55"
+    assert [login(here, "ops", "typo").status_code for _ in range(2)] == [200, 200]
+    assert login(here, "ops", "right-password").status_code == 302
+    assert [login(here, "ops", "typo").status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_the_admin_login_counts_the_forwarded_address_behind_a_proxy(settings, django_user_model):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    settings.AXES_FAILURE_LIMIT = 2
+    django_user_model.objects.create_superuser("ops", password="right-password")
+
+    def through_proxy(forwarded: str, password: str):
+        return Client(REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR=forwarded).post(
+            "/admin/login/?next=/admin/",
+            {"username": "ops", "password": password, "next": "/admin/"},
+        )
+
+    assert through_proxy("192.0.2.1, 203.0.113.60", "guess").status_code == 200
+    assert through_proxy("192.0.2.2, 203.0.113.60", "guess").status_code == 429
+    assert through_proxy("192.0.2.3, 203.0.113.60", "right-password").status_code == 429
+    assert through_proxy("198.51.100.60", "right-password").status_code == 302
+
+
 SHOW_SETTINGS = """
 import django
 django.setup()
 from django.conf import settings
-print(settings.AES_AUTH_FAILURE_RATE, settings.REST_FRAMEWORK["NUM_PROXIES"])
+print(settings.AES_AUTH_FAILURE_RATE, settings.REST_FRAMEWORK["NUM_PROXIES"],
+      settings.AXES_FAILURE_LIMIT, settings.AXES_COOLOFF_TIME.total_seconds())
 """
 
 
@@ -159,9 +233,14 @@ def run_settings(**env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_settings_come_from_the_environment_and_a_bad_rate_fails_loudly():
-    shown = run_settings(AES_AUTH_FAILURE_RATE="100/hour", AES_NUM_PROXIES="1")
+    shown = run_settings(
+        AES_AUTH_FAILURE_RATE="100/hour",
+        AES_NUM_PROXIES="1",
+        AES_ADMIN_LOGIN_FAILURES="4",
+        AES_ADMIN_LOCKOUT_MINUTES="30",
+    )
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.split() == ["100/hour", "1"]
+    assert shown.stdout.split() == ["100/hour", "1", "4", "1800.0"]
 
     for bad in ("30/fortnight", "thirty/min", "0/min", "30"):
         refused = run_settings(AES_AUTH_FAILURE_RATE=bad)

@@ -36,7 +36,10 @@ def parse_rate(rate: str) -> tuple[int, int]:
 
 
 def client_ident(request) -> str:
-    """Return the client's address as DRF's throttles see it (REST_FRAMEWORK["NUM_PROXIES"])."""
+    """Return the client's address as DRF's throttles see it (REST_FRAMEWORK["NUM_PROXIES"]).
+
+    Also axes' AXES_CLIENT_IP_CALLABLE, so the admin login and the API agree.
+    """
     return BaseThrottle().get_ident(request)
 
 

@@ -27,7 +27,7 @@ def test_redis_keeps_a_finished_run_for_a_bounded_time(peers, llm, redis):
 
     assert execution.status == "completed" and len(sent) == 1
     assert 0 < redis.ttl(f"rq:job:{execution.id}") <= 60
-    assert 0 < redis.ttl(f"execution:callback_sent:{execution.id}") <= 3600
+    assert 0 < redis.ttl(f"execution:outbox:{execution.id}") <= 3600
 
 
 def test_completed_run_records_the_answer_and_sends_one_callback(peers, llm):

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from executions.exceptions import RunError
 from executions.models import Execution
-from workers import metrics, redis_client
+from workers import keys, metrics, redis_client
 from workers.protocol import EXECUTION_CALLBACK, ErrorInfo, ExecutionCallbackData, new_id, now_iso
 
 log = logging.getLogger(__name__)
@@ -103,56 +103,67 @@ def conclude(execution: Execution, outcome: Outcome) -> bool:
         )
         try:
             deliver(execution)
-            metrics.record(execution)
         except redis.RedisError as exc:
             # Recorded, not pushed: the reaper pushes it once Redis is back.
             log.warning("callback of %s not pushed yet: %s", execution.id, exc)
     return won
 
 
-# Pushes a callback unless its marker says it was pushed already: a crash
-# between the push and marking the row sent does not send it twice.
-_PUSH_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-  return 1
+# The outbox's one step in Redis, atomic: count the run in the metrics and
+# push its callback, each unless the run's outbox hash says it was done. A
+# crash between the push and marking the row sent does not send it twice; a
+# push that fails (the queue holds another type) leaves the run counted and
+# the push to be tried again, since its LPUSH error aborts nothing before it.
+# KEYS: outbox hash, metrics hash, metrics index[, callback queue].
+# ARGV: hash TTL, callback JSON, then metric field and amount pairs.
+_OUTBOX = """
+if redis.call('HSETNX', KEYS[1], 'counted', '1') == 1 then
+  redis.call('SADD', KEYS[3], KEYS[2])
+  for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
 end
-return 0
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if not KEYS[4] or redis.call('HEXISTS', KEYS[1], 'pushed') == 1 then return 0 end
+local pushed = redis.pcall('LPUSH', KEYS[4], ARGV[2])
+if type(pushed) == 'table' and pushed.err then return redis.error_reply(pushed.err) end
+redis.call('HSET', KEYS[1], 'pushed', '1')
+return 1
 """
-# Seconds the "pushed" marker of a callback is kept until its row says
-# sent (a crash in between leaves it for the reaper, however late it comes),
-# and once it does: long enough to outlast any deliverer that read the row
-# before it was marked (the reaper waits CALLBACK_GRACE_SECONDS, 10 s). At
-# 100 runs/s, markers kept a week would hold ~6 GB of Redis; an hour, 37 MB.
+# Seconds the outbox hash of a run is kept until its row says sent (a crash
+# in between leaves it for the reaper, however late it comes), and once it
+# does: long enough to outlast any deliverer that read the row before it was
+# marked (the reaper waits CALLBACK_GRACE_SECONDS, 10 s). At 100 runs/s,
+# hashes kept a week would hold ~6 GB of Redis; an hour, 37 MB.
 SENT_MARKER_TTL_SECONDS = 7 * 24 * 3600
 SENT_MARKER_KEPT_SECONDS = 3600
 
 
 def deliver(execution: Execution, *, again: bool = False) -> bool:
-    """Push the recorded callback to the run's callback queue and mark it sent.
+    """Count the ended run, push its recorded callback, and mark it sent.
 
     The outbox's second half: the callback was stored with the final status,
     so it can be pushed later by anyone (the reaper, an operator) exactly
     once; `again` re-sends it on purpose (same event_id, for receivers to
-    deduplicate). Return True when a message was pushed.
+    deduplicate). A run without a callback queue is counted and marked sent.
+    Return True when a message was pushed.
     """
     if execution.callback is None or (execution.callback_sent_at is not None and not again):
         return False
-    if not execution.callback_queue:
-        execution.mark_callback_sent()
-        return False
-    marker = f"execution:callback_sent:{execution.id}"
+    marker = keys.outbox(str(execution.id))
     client = redis_client.shared()
     if again:
-        client.delete(marker)
+        client.hdel(marker, "pushed")
+    metric_keys = [marker, keys.metrics(execution.tier, execution.tenant_id), keys.METRICS_INDEX]
+    queue = [execution.callback_queue] if execution.callback_queue else []
+    amounts = [part for pair in metrics.increments(execution) for part in pair]
     pushed = bool(
         client.eval(
-            _PUSH_ONCE,
-            2,
-            marker,
-            execution.callback_queue,
-            json.dumps(execution.callback),
+            _OUTBOX,
+            len(metric_keys) + len(queue),
+            *metric_keys,
+            *queue,
             SENT_MARKER_TTL_SECONDS,
+            json.dumps(execution.callback),
+            *amounts,
         )
     )
     execution.mark_callback_sent()

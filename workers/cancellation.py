@@ -10,20 +10,16 @@ from __future__ import annotations
 
 from executions.exceptions import Cancelled
 from executions.models import Execution, Status
-from workers import redis_client
+from workers import keys, redis_client
 from workers.callbacks import Outcome
 
 # Seconds a cancel flag outlives the request: longer than any run.
 FLAG_TTL_SECONDS = 24 * 3600
 
 
-def _flag(execution_id: str) -> str:
-    return f"execution:cancel:{execution_id}"
-
-
 def is_cancelled(execution_id: str) -> bool:
     """Return True when a cancel was requested for the execution."""
-    return bool(redis_client.shared().exists(_flag(execution_id)))
+    return bool(redis_client.shared().exists(keys.cancel_flag(execution_id)))
 
 
 def checker(execution_id: str):
@@ -42,7 +38,7 @@ def cancel(execution: Execution) -> bool:
 
     if execution.is_final:
         return False
-    redis_client.shared().set(_flag(str(execution.id)), "1", ex=FLAG_TTL_SECONDS)
+    redis_client.shared().set(keys.cancel_flag(str(execution.id)), "1", ex=FLAG_TTL_SECONDS)
     if execution.status == Status.QUEUED:
         conclude(execution, Outcome.from_error(Cancelled("cancelled while queued")))
     return True

@@ -4,11 +4,11 @@ All three live in Redis, shared by every worker, each decided by one atomic
 script or pipeline:
 
 - Session order: runs of one tenant's session never interleave. The consumer
-  appends each run to `session_order:{tenant}:{session}` when it records
+  appends each run to `execution:session_order:{tenant}:{session}` when it records
   it; a run may start only at the head of that list, and the run that ends
   removes itself and wakes the new head.
 - Concurrency: at most `max_concurrent_executions` runs of a tenant hold a
-  slot (`slots:{tenant}`, scored by when the slot lapses so a crashed run
+  slot (`execution:slots:{tenant}`, scored by when the slot lapses so a crashed run
   cannot hold one forever). A run that finds none joins the tenant's
   waiting list and stays `queued`; a run that ends wakes the first waiter,
   and a newcomer never takes a slot before the runs already waiting.
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 
-from workers import redis_client
+from workers import keys, redis_client
 
 # Seconds a slot outlives its run's deadline before it lapses on its own.
 SLOT_GRACE_SECONDS = 60
@@ -62,24 +62,12 @@ return redis.call('LINDEX', KEYS[1], 0)
 SESSION_ORDER_TTL_SECONDS = 24 * 3600
 
 
-def _session_key(tenant_id: str, session_id: str) -> str:
-    return f"session_order:{tenant_id}:{session_id}"
-
-
-def _slots_key(tenant_id: str) -> str:
-    return f"slots:{tenant_id}"
-
-
-def _waiting_key(tenant_id: str) -> str:
-    return f"slots:{tenant_id}:waiting"
-
-
 def join_session(tenant_id: str, session_id: str, execution_id: str) -> None:
     """Put a run in its session's line (once, however often it is recorded)."""
     redis_client.shared().eval(
         _JOIN_SESSION,
         1,
-        _session_key(tenant_id, session_id),
+        keys.session_order(tenant_id, session_id),
         execution_id,
         SESSION_ORDER_TTL_SECONDS,
     )
@@ -87,14 +75,14 @@ def join_session(tenant_id: str, session_id: str, execution_id: str) -> None:
 
 def session_head(tenant_id: str, session_id: str) -> str | None:
     """Return the execution id whose turn it is in the session, if any."""
-    head = redis_client.shared().lindex(_session_key(tenant_id, session_id), 0)
+    head = redis_client.shared().lindex(keys.session_order(tenant_id, session_id), 0)
     return head.decode() if head is not None else None
 
 
 def leave_session(tenant_id: str, session_id: str, execution_id: str) -> str | None:
     """Take a run out of its session's line; return the id whose turn it is now."""
     head = redis_client.shared().eval(
-        _LEAVE_SESSION, 1, _session_key(tenant_id, session_id), execution_id
+        _LEAVE_SESSION, 1, keys.session_order(tenant_id, session_id), execution_id
     )
     return head.decode() if head is not None else None
 
@@ -108,8 +96,8 @@ def acquire_slot(tenant_id: str, execution_id: str, limit: int | None, hold_seco
         redis_client.shared().eval(
             _ACQUIRE_SLOT,
             2,
-            _slots_key(tenant_id),
-            _waiting_key(tenant_id),
+            keys.slots(tenant_id),
+            keys.slot_waiters(tenant_id),
             execution_id,
             limit,
             now,
@@ -121,7 +109,7 @@ def acquire_slot(tenant_id: str, execution_id: str, limit: int | None, hold_seco
 def release_slot(tenant_id: str, execution_id: str) -> str | None:
     """Give back a slot (or a place in the waiting list); return the first waiter."""
     head = redis_client.shared().eval(
-        _RELEASE_SLOT, 2, _slots_key(tenant_id), _waiting_key(tenant_id), execution_id
+        _RELEASE_SLOT, 2, keys.slots(tenant_id), keys.slot_waiters(tenant_id), execution_id
     )
     return head.decode() if head is not None else None
 
@@ -160,8 +148,8 @@ def within_rate(
         redis_client.shared().eval(
             _RATE,
             2,
-            f"rate:{tenant_id}:minute",
-            f"rate:{tenant_id}:day",
+            keys.rate(tenant_id, "minute"),
+            keys.rate(tenant_id, "day"),
             execution_id,
             -1 if per_minute is None else per_minute,
             -1 if per_day is None else per_day,

@@ -1,9 +1,20 @@
-"""Redis key and list names, and the timing constants of the intake, defined once."""
+"""Redis key and list names, and the timing constants of the intake, defined once.
+
+Every key the AES reads or writes lies under one of RESERVED_PREFIXES
+(PROTOCOL.md §3); no message may name one of them as its callback queue.
+"""
 
 from __future__ import annotations
 
+# The AES's own namespaces, RQ's, and the caches of §5.
+RESERVED_PREFIXES = ("execution:", "agent_config:", "conversation_history:", "rq:")
+
 DEAD_LETTER = "execution:dead_letter"
 CONSUMERS = "execution:consumers"  # set of consumer ids that may hold messages
+REAPER_LOCK = "execution:reaper:lock"
+METRICS_INDEX = "execution:metrics:index"  # set of the metrics hashes that exist
+# Django's cache (API throttle counts) keeps its keys under this prefix.
+DJANGO_CACHE_PREFIX = "execution:cache"
 
 # Seconds one blocking read waits before it returns to check for shutdown.
 BLOCK_SECONDS = 5
@@ -15,6 +26,16 @@ SOCKET_MARGIN_SECONDS = 5
 HEARTBEAT_SECONDS = 5
 # Seconds a reply list lives, as the responders of PROTOCOL.md §2 set it.
 REPLY_TTL_SECONDS = 300
+
+
+def is_reserved(key: str) -> bool:
+    """Return True when `key` lies in a namespace only the AES may write."""
+    return key.startswith(RESERVED_PREFIXES)
+
+
+def tenant_callbacks_prefix(tenant_id: str) -> str:
+    """Return the prefix of the callback queues an API tenant may name (§3)."""
+    return f"callbacks:{tenant_id}:"
 
 
 def actions(tier: str) -> str:
@@ -29,6 +50,11 @@ def responses(correlation_id: str) -> str:
     return f"execution:responses:{correlation_id}"
 
 
+def waiting(correlation_id: str) -> str:
+    """A run waits for the ES or QS callback of `correlation_id` while this key exists."""
+    return f"execution:waiting:{correlation_id}"
+
+
 def processing(consumer_id: str, source: str) -> str:
     """The consumer's processing list for messages taken from list `source`."""
     return f"execution:processing:{consumer_id}:{source}"
@@ -36,6 +62,39 @@ def processing(consumer_id: str, source: str) -> str:
 
 def consumer_alive(consumer_id: str) -> str:
     return f"execution:consumer:{consumer_id}:alive"
+
+
+def cancel_flag(execution_id: str) -> str:
+    return f"execution:cancel:{execution_id}"
+
+
+def outbox(execution_id: str) -> str:
+    """A hash of what the run's end did: `counted` in the metrics, callback `pushed`.
+
+    Each is done once however often the outbox is processed (PROTOCOL.md §4).
+    """
+    return f"execution:outbox:{execution_id}"
+
+
+def session_order(tenant_id: str, session_id: str) -> str:
+    return f"execution:session_order:{tenant_id}:{session_id}"
+
+
+def slots(tenant_id: str) -> str:
+    return f"execution:slots:{tenant_id}"
+
+
+def slot_waiters(tenant_id: str) -> str:
+    return f"execution:slots:{tenant_id}:waiting"
+
+
+def rate(tenant_id: str, window: str) -> str:
+    """The tenant's sliding `window` ("minute" or "day") of run starts."""
+    return f"execution:rate:{tenant_id}:{window}"
+
+
+def metrics(tier: str, tenant_id: str) -> str:
+    return f"execution:metrics:{tier}:{tenant_id}"
 
 
 def peer_actions(service: str, tier: str) -> str:

@@ -1,11 +1,13 @@
-"""Run counters in Redis per tier and tenant, updated once per run in one round trip.
+"""Run counters in Redis per tier and tenant, updated once per run by the outbox.
 
-`metrics:{tier}:{tenant}` is a hash: `status:{status}`, `duration_ms_sum`,
-`prompt_tokens`, `completion_tokens`, and duration buckets `in:{ms}` (each
-run counts once, in the smallest bucket that holds its duration; `read()`
-adds them up into cumulative Prometheus-style buckets). `metrics:index` lists
-the hashes that exist. Every process and machine adds to the same counters,
-in one round trip of six commands per run.
+`execution:metrics:{tier}:{tenant}` is a hash: `status:{status}`,
+`duration_ms_sum`, `prompt_tokens`, `completion_tokens`, and duration buckets
+`in:{ms}` (each run counts once, in the smallest bucket that holds its
+duration; `read()` adds them up into cumulative Prometheus-style buckets).
+`execution:metrics:index` lists the hashes that exist. Every process and
+machine adds to the same counters; the outbox (workers/callbacks.py) adds a
+run's increments in the same script that pushes its callback, so a run is
+counted exactly once, whether or not its callback could be pushed yet.
 """
 
 from __future__ import annotations
@@ -13,38 +15,31 @@ from __future__ import annotations
 from typing import Any
 
 from executions.models import Execution
-from workers import redis_client
+from workers import keys, redis_client
 
-INDEX = "metrics:index"
 # Upper bounds of the duration buckets, in milliseconds.
 BUCKETS_MS = (100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000)
 
 
-def _key(tier: str, tenant_id: str) -> str:
-    return f"metrics:{tier}:{tenant_id}"
-
-
-def record(execution: Execution) -> None:
-    """Count one finished run."""
-    key = _key(execution.tier, execution.tenant_id)
+def increments(execution: Execution) -> list[tuple[str, int]]:
+    """Return the (field, amount) pairs one ended run adds to its hash."""
     duration = execution.duration_ms or 0
     bucket = next((bound for bound in BUCKETS_MS if duration <= bound), "inf")
-    with redis_client.shared().pipeline(transaction=False) as pipe:
-        pipe.sadd(INDEX, key)
-        pipe.hincrby(key, f"status:{execution.status}", 1)
-        pipe.hincrby(key, "duration_ms_sum", duration)
-        pipe.hincrby(key, "prompt_tokens", execution.prompt_tokens)
-        pipe.hincrby(key, "completion_tokens", execution.completion_tokens)
-        pipe.hincrby(key, f"in:{bucket}", 1)
-        pipe.execute()
+    return [
+        (f"status:{execution.status}", 1),
+        ("duration_ms_sum", duration),
+        ("prompt_tokens", execution.prompt_tokens),
+        ("completion_tokens", execution.completion_tokens),
+        (f"in:{bucket}", 1),
+    ]
 
 
 def read(tier: str | None = None, tenant_id: str | None = None) -> list[dict[str, Any]]:
     """Return the counters, one entry per tier and tenant, optionally filtered."""
     client = redis_client.shared()
     entries = []
-    for raw_key in sorted(client.smembers(INDEX)):
-        _, key_tier, key_tenant = raw_key.decode().split(":", 2)
+    for raw_key in sorted(client.smembers(keys.METRICS_INDEX)):
+        _, _, key_tier, key_tenant = raw_key.decode().split(":", 3)
         if (tier and key_tier != tier) or (tenant_id and key_tenant != tenant_id):
             continue
         fields = {k.decode(): int(v) for k, v in client.hgetall(raw_key).items()}
@@ -131,7 +126,7 @@ def queue_depths(tiers: list[str]) -> dict[str, dict[str, int]]:
     client = redis_client.shared()
     with client.pipeline(transaction=False) as pipe:
         for tier in tiers:
-            pipe.llen(f"execution:{tier}:actions")
+            pipe.llen(keys.actions(tier))
         waiting = pipe.execute()
     return {
         tier: {"messages": messages, "jobs": tier_queue(tier).count}

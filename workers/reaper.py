@@ -30,11 +30,10 @@ from rq.job import Job, JobStatus
 from rq.worker import Worker
 
 from executions.models import Execution, Status
-from workers import callbacks, jobs, redis_client
+from workers import callbacks, jobs, keys, redis_client
 
 log = logging.getLogger(__name__)
 
-LOCK = "execution:reaper:lock"
 QUEUED_GRACE_SECONDS = 60
 CALLBACK_GRACE_SECONDS = 10
 BATCH = 500
@@ -45,7 +44,9 @@ _LIVE_JOB = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.
 def reap() -> dict[str, int]:
     """Run one pass if no other process is running one; return what it did."""
     client = redis_client.shared()
-    if not client.set(LOCK, "1", nx=True, ex=int(settings.AES_REAPER_INTERVAL_SECONDS * 4) + 1):
+    if not client.set(
+        keys.REAPER_LOCK, "1", nx=True, ex=int(settings.AES_REAPER_INTERVAL_SECONDS * 4) + 1
+    ):
         return {}
     try:
         return {
@@ -54,7 +55,7 @@ def reap() -> dict[str, int]:
             "callbacks": _push_unsent_callbacks(),
         }
     finally:
-        client.delete(LOCK)
+        client.delete(keys.REAPER_LOCK)
 
 
 def _requeue_lost_jobs() -> int:

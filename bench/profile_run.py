@@ -74,7 +74,7 @@ def main() -> None:
         handlers.handle(args.tier, json.dumps(run).encode())
         from executions.models import execution_id_for
 
-        execution_id = str(execution_id_for(run["action_id"]))
+        execution_id = str(execution_id_for(run["tenant_id"], run["action_id"]))
         redis_client.shared().delete(f"rq:job:{execution_id}")  # run it here, not in RQ
         if args.in_process:
             start, cpu = time.monotonic(), time.process_time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -20,14 +21,17 @@ class Status(models.TextChoices):
     REJECTED = "rejected"
 
 
-# Execution ids are derived from the message's action_id, so whoever sends a
-# run (the API in particular) knows its id before the consumer records it.
+# Execution ids are derived from the message's tenant and action_id, so
+# whoever sends a run (the API in particular) knows its id before the
+# consumer records it, and two tenants' action_ids never meet. (Rows recorded
+# before ids took the tenant in keep the ids they had: uuid5 of the action_id.)
 EXECUTION_ID_NAMESPACE = uuid.UUID("6b1f3c1e-5d0a-4f57-9a53-2f6d1b0c7e11")
 
 
-def execution_id_for(action_id: str) -> uuid.UUID:
-    """Return the id the Execution of `action_id` has, or will have."""
-    return uuid.uuid5(EXECUTION_ID_NAMESPACE, action_id)
+def execution_id_for(tenant_id: str, action_id: str) -> uuid.UUID:
+    """Return the id the Execution of the tenant's `action_id` has, or will have."""
+    # A JSON pair: no choice of the two strings can spell another pair.
+    return uuid.uuid5(EXECUTION_ID_NAMESPACE, json.dumps([tenant_id, action_id]))
 
 
 FINAL_STATUSES = frozenset(
@@ -37,7 +41,7 @@ FINAL_STATUSES = frozenset(
 
 class Execution(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    action_id = models.CharField(max_length=255, unique=True, help_text="Idempotency key.")
+    action_id = models.CharField(max_length=255, help_text="Idempotency key, per tenant.")
     task_id = models.CharField(max_length=255, db_index=True)
     tenant_id = models.CharField(max_length=255)
     tier = models.CharField(max_length=32)
@@ -73,6 +77,9 @@ class Execution(models.Model):
 
     class Meta:
         ordering = ["-queued_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant_id", "action_id"], name="exec_tenant_action")
+        ]
         indexes = [
             models.Index(fields=["tenant_id", "-queued_at"], name="exec_tenant_recent"),
             models.Index(fields=["session_id", "queued_at"], name="exec_session_order"),
@@ -92,20 +99,23 @@ class Execution(models.Model):
         return f"{self.id} ({self.status})"
 
     @classmethod
-    def record(cls, action_id: str, **fields: Any) -> tuple[Execution, bool]:
-        """Return the execution of `action_id`, creating it queued; True if created.
+    def record(cls, tenant_id: str, action_id: str, **fields: Any) -> tuple[Execution, bool]:
+        """Return the tenant's execution of `action_id`, creating it queued; True if created.
 
-        The unique `action_id` makes a redelivered or duplicated message find
-        the row it already made instead of running twice.
+        The unique (tenant_id, action_id) makes a redelivered or duplicated
+        message find the row it already made instead of running twice.
         """
         # Insert first: a new action_id (the common case) costs one query.
         try:
             with transaction.atomic():
                 return cls.objects.create(
-                    id=execution_id_for(action_id), action_id=action_id, **fields
+                    id=execution_id_for(tenant_id, action_id),
+                    tenant_id=tenant_id,
+                    action_id=action_id,
+                    **fields,
                 ), True
         except IntegrityError:
-            return cls.objects.get(action_id=action_id), False
+            return cls.objects.get(tenant_id=tenant_id, action_id=action_id), False
 
     @classmethod
     def purge(cls, finished_before: Any, *, batch_size: int = 1000, dry_run: bool = False) -> int:

@@ -43,6 +43,5 @@ def test_an_execution_links_to_its_sessions_other_executions(admin_client, peers
 def test_operator_pages_need_staff(client, admin_client, django_user_model, url):
     assert admin_client.get(url).status_code == 200
     assert client.get(url).status_code == 302
-    django_user_model.objects.create_user("someone", password="pw")
-    client.login(username="someone", password="pw")
+    client.force_login(django_user_model.objects.create_user("someone", password="pw"))
     assert client.get(url).status_code == 302

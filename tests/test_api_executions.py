@@ -37,7 +37,8 @@ def make_execution(**fields: Any) -> Execution:
         "queued_at": timezone.now(),
     }
     values.update(fields)
-    execution, created = Execution.record(action_id, **values)
+    tenant_id = values.pop("tenant_id")
+    execution, created = Execution.record(tenant_id, action_id, **values)
     assert created
     return execution
 

@@ -36,9 +36,9 @@ def test_consumer_killed_after_the_row_committed_runs_the_message_once(peers, ll
     message = agent_run()
     # The dead consumer had recorded the row but not enqueued the job.
     Execution.record(
+        "tenant-a",
         message["action_id"],
         task_id=message["task_id"],
-        tenant_id="tenant-a",
         tier="free",
         agent_id="plain-bot",
         message=message["data"]["message"],
@@ -170,7 +170,7 @@ def _finished_but_unsent(peers, llm) -> Execution:
 
 def test_reaper_pushes_a_callback_recorded_but_never_pushed(peers, llm, redis):
     execution = _finished_but_unsent(peers, llm)
-    redis.delete("test:callbacks", f"execution:callback_sent:{execution.id}")
+    redis.delete("test:callbacks", f"execution:outbox:{execution.id}")
     assert reaper.reap()["callbacks"] == 1
     assert [c["data"]["execution_id"] for c in callbacks()] == [str(execution.id)]
     execution.refresh_from_db()

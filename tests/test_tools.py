@@ -8,7 +8,7 @@ from executions.agent_loop import ToolResult
 from tests.conftest import agent_run, callbacks, run_one
 from workers import tools
 from workers.peers import Caller, route_callback
-from workers.protocol import AgentConfig
+from workers.protocol import AgentConfig, DomainAction
 
 pytestmark = pytest.mark.django_db
 
@@ -96,7 +96,18 @@ def test_a_late_callback_is_dropped_and_leaves_no_key(start_peers, llm, settings
 
 
 def test_an_unmatched_callback_creates_no_key(redis):
-    assert route_callback("nobody-waits", b"{}") is False
+    callback = DomainAction.model_validate(
+        {
+            "action_id": "a",
+            "action_type": "query.callback",
+            "task_id": "t",
+            "tenant_id": "tenant-a",
+            "tenant_tier": "free",
+            "correlation_id": "nobody-waits",
+            "data": {},
+        }
+    )
+    assert route_callback(callback, b"{}") == 0
     assert redis.keys("*") == []
 
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
+
+# A tenant's callback queues lie under "callbacks:{tenant_id}:" (PROTOCOL.md
+# §3): with a colon in a tenant id, one tenant's prefix could hold another's.
+tenant_id_validator = RegexValidator(
+    r"^[^:\s\x00]+$", "A tenant id holds no colon, space or NUL.", code="invalid_tenant"
+)
 
 # Tokens read "aes_<prefix>_<secret>": the prefix finds the row, the hash of
 # the whole token proves it. Only the hash is stored.
@@ -18,7 +25,7 @@ def _digest(token: str) -> str:
 
 
 class ApiToken(models.Model):
-    tenant_id = models.CharField(max_length=255, db_index=True)
+    tenant_id = models.CharField(max_length=255, db_index=True, validators=[tenant_id_validator])
     tier = models.CharField(max_length=32, help_text="Tier of the runs this token starts.")
     name = models.CharField(max_length=100, blank=True, help_text="What the token is for.")
     prefix = models.CharField(max_length=PREFIX_CHARS, unique=True, editable=False)
@@ -40,7 +47,11 @@ class ApiToken(models.Model):
 
     @classmethod
     def issue(cls, tenant_id: str, tier: str, name: str = "") -> tuple[ApiToken, str]:
-        """Create a token; return it and its secret text, which is never stored."""
+        """Create a token; return it and its secret text, which is never stored.
+
+        Raises django's ValidationError for a tenant id the API cannot serve.
+        """
+        tenant_id_validator(tenant_id)
         prefix = secrets.token_hex(PREFIX_CHARS // 2)
         token = f"aes_{prefix}_{secrets.token_urlsafe(32)}"
         row = cls.objects.create(

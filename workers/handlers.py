@@ -13,17 +13,27 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.db import DataError
 from pydantic import ValidationError
 
 from executions.models import Execution, Status
-from tiers import lookup
-from workers import callbacks, cancellation, gates, jobs, keys, peers, proxy, redis_client
+from workers import (
+    admission,
+    callbacks,
+    cancellation,
+    gates,
+    jobs,
+    keys,
+    peers,
+    proxy,
+    redis_client,
+)
+from workers.admission import Refused
 from workers.protocol import (
     AGENT_RUN,
     CANCEL,
     EMBEDDING_CALLBACK,
     QUERY_CALLBACK,
-    AgentRunData,
     CancelData,
     DomainAction,
     ErrorInfo,
@@ -37,31 +47,24 @@ log = logging.getLogger(__name__)
 DEAD_LETTER_RAW_CHARS = 64 * 1024
 
 
-class Refused(Exception):
-    """The message cannot be accepted; `code` and the message say why."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def handle(tier: str, raw: bytes) -> None:
     """Handle one message taken from `execution:{tier}:actions`."""
     try:
-        if len(raw) > settings.AES_MAX_MESSAGE_BYTES:
-            raise Refused(
-                "MESSAGE_TOO_LARGE",
-                f"message of {len(raw)} bytes exceeds {settings.AES_MAX_MESSAGE_BYTES}",
-            )
-        try:
-            action = DomainAction.model_validate_json(raw)
-        except ValidationError as exc:
-            raise Refused("INVALID_ACTION", describe(exc)) from None
+        action, request = admission.parse(raw)
         handler = HANDLERS.get(action.action_type)
         if handler is None:
-            raise Refused("INVALID_ACTION", f"unknown action_type {action.action_type!r}")
-        handler(tier, action, raw)
+            raise Refused(
+                "INVALID_ACTION", f"unknown action_type {action.action_type!r}", "action_type"
+            )
+        try:
+            handler(tier, action, request)
+        except DataError:
+            # Input the checks let through and the database still refused: bad
+            # input, not a failure of ours, so it is not tried again.
+            log.warning("the database refused action %s", action.action_id, exc_info=True)
+            raise Refused(
+                "INVALID_ACTION", "the message holds a value the database cannot store"
+            ) from None
     except Refused as refusal:
         dead_letter(keys.actions(tier), raw, refusal.code, refusal.message)
 
@@ -80,17 +83,33 @@ def handle_callback(tier: str, raw: bytes) -> None:
     if callback.action_type not in (EMBEDDING_CALLBACK, QUERY_CALLBACK):
         dead_letter(source, raw, "INVALID_ACTION", f"unexpected {callback.action_type!r}")
         return
-    if not callback.correlation_id or not peers.route_callback(callback.correlation_id, raw):
+    routed = peers.route_callback(callback, raw) if callback.correlation_id else 0
+    if routed == 0:
         log.info(
             "dropped %s for %s: no run waits for correlation_id %s",
             callback.action_type,
             callback.task_id,
             callback.correlation_id,
         )
+    elif routed < 0:
+        log.warning(
+            "dropped %s for correlation_id %s: it names tenant %r and task %r, "
+            "not those of the run waiting for it",
+            callback.action_type,
+            callback.correlation_id,
+            callback.tenant_id,
+            callback.task_id,
+        )
 
 
 def dead_letter(queue: str, raw: bytes, code: str, message: str) -> None:
-    """Record a refused message for operators and tell its sender, if we can."""
+    """Record a refused message for operators and tell its sender, if we can.
+
+    The sender hears of it on its callback queue, unless that queue is the
+    very reason (or reserved): then nothing is pushed anywhere. A message
+    refused for a failure of ours (HANDLER_FAILED) gets INTERNAL, without
+    the failure's text.
+    """
     text = raw.decode("utf-8", errors="replace")
     entry = {
         "raw": text[:DEAD_LETTER_RAW_CHARS],
@@ -103,8 +122,17 @@ def dead_letter(queue: str, raw: bytes, code: str, message: str) -> None:
     log.warning("dead-lettered a message from %s: %s %s", queue, code, message)
     request = _readable_object(raw)
     callback_queue = request.get("callback_queue") if request else None
-    if isinstance(callback_queue, str) and callback_queue:
-        callbacks.reject_unrecorded(callback_queue, request, "INVALID_ACTION", message)
+    if (
+        not isinstance(callback_queue, str)
+        or not callback_queue
+        or keys.is_reserved(callback_queue)
+    ):
+        return
+    if code == "HANDLER_FAILED":
+        code, message = "INTERNAL", "the AES could not record the message"
+    else:
+        code = "INVALID_ACTION"
+    callbacks.reject_unrecorded(callback_queue, request, code, message)
 
 
 def _readable_object(raw: bytes) -> dict[str, Any] | None:
@@ -117,19 +145,8 @@ def _readable_object(raw: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _agent_run(tier: str, action: DomainAction, raw: bytes) -> None:
-    try:
-        data = AgentRunData.model_validate(action.data)
-    except ValidationError as exc:
-        raise Refused("INVALID_ACTION", "data." + describe(exc)) from None
-    context = action.execution_context
-    agent_id = data.agent_id or (context.primary_agent_id if context else None)
-    if not agent_id:
-        raise Refused(
-            "INVALID_ACTION", "data.agent_id or execution_context.primary_agent_id is required"
-        )
-    if lookup.get_tier(action.tenant_tier) is None:
-        raise Refused("INVALID_ACTION", f"unknown tenant_tier {action.tenant_tier!r}")
+def _agent_run(tier: str, action: DomainAction, request: dict[str, Any]) -> None:
+    run = admission.agent_run(action, request)
     if action.tenant_tier != tier:
         log.warning(
             "action %s says tier %s but came from %s; processing it as %s",
@@ -139,17 +156,17 @@ def _agent_run(tier: str, action: DomainAction, raw: bytes) -> None:
             tier,
         )
     execution, created = Execution.record(
+        action.tenant_id,
         action.action_id,
         task_id=action.task_id,
-        tenant_id=action.tenant_id,
         tier=tier,
         session_id=action.session_id,
         correlation_id=action.correlation_id,
-        agent_id=agent_id,
-        conversation_id=data.conversation_id,
+        agent_id=run.agent_id,
+        conversation_id=run.data.conversation_id,
         callback_queue=action.callback_queue,
-        message=data.message,
-        request=json.loads(raw),
+        message=run.data.message,
+        request=request,
     )
     if not created:
         log.info("action %s seen before: execution %s", action.action_id, execution.id)
@@ -162,7 +179,7 @@ def _agent_run(tier: str, action: DomainAction, raw: bytes) -> None:
         jobs.enqueue(execution)
 
 
-def _cancel(tier: str, action: DomainAction, raw: bytes) -> None:
+def _cancel(tier: str, action: DomainAction, request: dict[str, Any]) -> None:
     try:
         data = CancelData.model_validate(action.data)
     except ValidationError as exc:
@@ -193,7 +210,7 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-def _proxy(tier: str, action: DomainAction, raw: bytes) -> None:
+def _proxy(tier: str, action: DomainAction, request: dict[str, Any]) -> None:
     if not (action.correlation_id and action.callback_queue):
         raise Refused(
             "INVALID_ACTION", f"{action.action_type} needs correlation_id and callback_queue"

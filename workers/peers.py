@@ -183,30 +183,40 @@ def save_message(caller: Caller, message: dict, *, wait: bool, deadline: float) 
     )
 
 
-# Routes a callback to the run waiting for it, only while one waits: a late
-# or unmatched callback creates no key.
+# Routes a callback to the run waiting for it, only while one waits and only
+# when it names that run's tenant and task: a late, unmatched or forged
+# callback creates no key. Returns 1 routed, 0 nobody waits, -1 mismatch.
 _ROUTE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local expected = redis.call('GET', KEYS[1])
+if not expected then return 0 end
+if expected ~= ARGV[3] then return -1 end
 redis.call('LPUSH', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
 
-def _waiting_key(correlation_id: str) -> str:
-    return f"execution:waiting:{correlation_id}"
+def _owner(tenant_id: str | None, task_id: str | None) -> str:
+    """Return what a callback must name to reach a waiting run: its tenant and task."""
+    return json.dumps([tenant_id, task_id])
 
 
-def route_callback(correlation_id: str, raw: bytes) -> bool:
-    """Hand a callback to the run waiting on `correlation_id`; False if none waits."""
-    return bool(
+def route_callback(callback: DomainAction, raw: bytes) -> int:
+    """Hand an ES or QS callback to the run waiting on its correlation_id (§7).
+
+    Return 1 when routed, 0 when no run waits for it, -1 when a run waits
+    but the callback names another tenant or task (it is dropped).
+    """
+    assert callback.correlation_id
+    return int(
         redis_client.shared().eval(
             _ROUTE,
             2,
-            _waiting_key(correlation_id),
-            keys.responses(correlation_id),
+            keys.waiting(callback.correlation_id),
+            keys.responses(callback.correlation_id),
             raw,
             keys.REPLY_TTL_SECONDS,
+            _owner(callback.tenant_id, callback.task_id),
         )
     )
 
@@ -221,7 +231,7 @@ def call_async(caller: Caller, service: str, action_type: str, data: dict, timeo
     if timeout <= 0:
         raise UpstreamTimeout(f"{action_type}: no time left to wait for an answer")
     correlation_id = new_id()
-    waiting = _waiting_key(correlation_id)
+    waiting = keys.waiting(correlation_id)
     client = redis_client.shared()
     message = caller.message(
         action_type,
@@ -230,7 +240,11 @@ def call_async(caller: Caller, service: str, action_type: str, data: dict, timeo
         callback_queue=keys.callbacks(caller.tier),
     )
     with client.pipeline(transaction=False) as pipe:
-        pipe.set(waiting, "1", ex=max(1, int(timeout) + keys.SOCKET_MARGIN_SECONDS))
+        pipe.set(
+            waiting,
+            _owner(caller.tenant_id, caller.task_id),
+            ex=max(1, int(timeout) + keys.SOCKET_MARGIN_SECONDS),
+        )
         pipe.lpush(keys.peer_actions(service, caller.tier), json.dumps(message))
         pipe.execute()
     try:

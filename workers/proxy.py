@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import close_old_connections
 from pydantic import ValidationError
@@ -56,8 +57,24 @@ def shutdown() -> None:
         _pool = None
 
 
+# A §2 reply: the EXPIRE only together with a successful LPUSH, atomically, so
+# a reply aimed at a key of another type neither fails half-way nor sets a
+# TTL on whatever that key holds.
+_REPLY = """
+local pushed = redis.pcall('LPUSH', KEYS[1], ARGV[1])
+if type(pushed) == 'table' and pushed.err then return redis.error_reply(pushed.err) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return pushed
+"""
+
+
 def reply(request: DomainAction, *, data: dict | None = None, error: ErrorInfo | None = None):
     """Push a §2 reply to the request's callback queue, with its 300 s expiry."""
+    queue = request.callback_queue
+    if not queue or keys.is_reserved(queue):
+        # The handlers refuse such requests before they get here.
+        log.error("no reply to %s: callback queue %r is reserved", request.action_type, queue)
+        return
     response = DomainActionResponse(
         correlation_id=request.correlation_id,
         task_id=request.task_id,
@@ -65,10 +82,7 @@ def reply(request: DomainAction, *, data: dict | None = None, error: ErrorInfo |
         data=data if error is None else {},
         error=error,
     )
-    with redis_client.shared().pipeline(transaction=True) as pipe:
-        pipe.lpush(request.callback_queue, response.model_dump_json())
-        pipe.expire(request.callback_queue, keys.REPLY_TTL_SECONDS)
-        pipe.execute()
+    redis_client.shared().eval(_REPLY, 1, queue, response.model_dump_json(), keys.REPLY_TTL_SECONDS)
 
 
 def submit(tier: str, request: DomainAction) -> None:
@@ -82,17 +96,23 @@ def _answer(tier_name: str, request: DomainAction) -> None:
         tier = lookup.get_tier(tier_name)
         caller = peers.Caller(request.task_id, request.tenant_id, tier_name, request.session_id)
         deadline = time.monotonic() + settings.AES_PEER_TIMEOUT_SECONDS
-        data = ANSWERS[request.action_type](caller, tier, request.data, deadline)
-        reply(request, data=data)
+        data, error = ANSWERS[request.action_type](caller, tier, request.data, deadline), None
     except ValidationError as exc:
-        reply(request, error=ErrorInfo(code="INVALID_ACTION", message="data." + describe(exc)))
+        data, error = None, ErrorInfo(code="INVALID_ACTION", message="data." + describe(exc))
     except RunError as exc:
-        reply(request, error=ErrorInfo(code=exc.code, message=exc.message))
-    except Exception as exc:
+        data, error = None, ErrorInfo(code=exc.code, message=exc.message)
+    except Exception:
         log.exception("proxy action %s failed", request.action_type)
-        reply(request, error=ErrorInfo(code="INTERNAL", message=type(exc).__name__))
+        data, error = None, ErrorInfo(code="INTERNAL", message="the answer could not be made")
     finally:
         close_old_connections()
+    try:
+        reply(request, data=data, error=error)
+    except redis.RedisError as exc:
+        # The caller's own timeout covers a reply that cannot be pushed.
+        log.warning(
+            "reply to %s on %r not pushed: %s", request.action_type, request.callback_queue, exc
+        )
 
 
 def _agent(caller: peers.Caller, tier: Tier, agent_id: str, deadline: float) -> dict:

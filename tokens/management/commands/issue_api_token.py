@@ -5,6 +5,7 @@ Prints the token once; its last line of output is the token alone, for scripts.
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from tiers import lookup
@@ -23,7 +24,10 @@ class Command(BaseCommand):
         if lookup.get_tier(tier) is None:
             known = ", ".join(t.name for t in lookup.tiers_by_priority())
             raise CommandError(f"unknown tier {tier!r}; tiers: {known}")
-        row, token = ApiToken.issue(tenant_id, tier, name)
+        try:
+            row, token = ApiToken.issue(tenant_id, tier, name)
+        except ValidationError as exc:
+            raise CommandError(" ".join(exc.messages)) from None
         self.stderr.write(
             f"Token {row} for tenant {tenant_id!r}, tier {tier}. It is shown only now; "
             "send it as 'Authorization: Bearer <token>'."

@@ -10,7 +10,7 @@ from django.http import JsonResponse
 from django_filters import rest_framework as filters
 from django_filters.fields import IsoDateTimeField
 from drf_spectacular.utils import extend_schema
-from rest_framework import generics, pagination, status, viewsets
+from rest_framework import generics, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.filters import OrderingFilter
@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
 from executions.models import Execution
+from executions.pagination import NewestFirst, OldestFirst
 from executions.permissions import StaffOrTenantToken, is_tenant
 from executions.serializers import (
     CancelSerializer,
@@ -51,18 +52,6 @@ class ExecutionFilter(filters.FilterSet):
     class Meta:
         model = Execution
         fields = ["tenant_id", "session_id", "agent_id", "status", "tier", "task_id"]
-
-
-class NewestFirst(pagination.CursorPagination):
-    # A cursor stays stable while new runs arrive, unlike page numbers.
-    ordering = ("-queued_at", "-id")
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
-
-
-class OldestFirst(NewestFirst):
-    ordering = ("queued_at", "id")
 
 
 def scoped(request):

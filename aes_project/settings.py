@@ -22,11 +22,13 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 PRODUCTION = env_str("AES_ENV", "development") == "production"
 DEBUG = env_bool("DEBUG", not PRODUCTION)
 
+# Development settings say so at every start (aes_project/checks.py, aes.W001).
+DEVELOPMENT_SECRET_KEY = "insecure-development-key-never-use-in-production"
 SECRET_KEY = env_str("SECRET_KEY")
 if SECRET_KEY is None:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
-    SECRET_KEY = "insecure-development-key-never-use-in-production"
+    SECRET_KEY = DEVELOPMENT_SECRET_KEY
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
@@ -34,6 +36,19 @@ SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION
 if PRODUCTION:
     # Behind a TLS-terminating proxy that sets X-Forwarded-Proto.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Production answers plain HTTP with a redirect to HTTPS, except the probes,
+# which speak plain HTTP from inside the cluster (paths without their "/").
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PRODUCTION)
+SECURE_REDIRECT_EXEMPT = [r"^(health|ready|metrics)$"]
+# Seconds browsers keep to HTTPS once they saw the header (sent over HTTPS
+# only). A year, as the preload list asks; 0 sends no header.
+SECURE_HSTS_SECONDS = int(env_float("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if PRODUCTION else 0))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PRODUCTION)
+# Django's defaults, stated: no framing, no MIME sniffing, no cross-origin referrer.
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -48,6 +63,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_rq",
     "axes",
+    "aes_project",  # the project's system checks (aes_project/checks.py)
     "tiers",
     "executions",
     "tokens",

@@ -33,6 +33,8 @@ class ApiSchema(AutoSchema):
             codes["400"] = "The request is invalid."
         if self.method == "POST" and "cancel" in self.path:
             codes["409"] = "The run has already ended."
+        elif self.method == "POST":
+            codes["413"] = "The run's message would exceed AES_MAX_MESSAGE_BYTES."
         for code, description in codes.items():
             if code not in responses:
                 response = self._get_response_for_code(ErrorSerializer, code, direction=direction)

@@ -85,7 +85,8 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
     @extend_schema(request=RunRequestSerializer, responses={202: RunAcceptedSerializer})
     def create(self, request):
         """Start a run through the tier's action list; poll the returned url."""
-        from workers.submit import Invalid, submit_agent_run
+        from workers.admission import Refused
+        from workers.submit import submit_agent_run
 
         serializer = RunRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -102,9 +103,10 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
                 tenant_id=tenant_id,
                 tier=tier,
                 action_id=request.headers.get("Idempotency-Key"),
+                own_queues_only=is_tenant(request),
             )
-        except Invalid as exc:
-            raise ValidationError({"message": str(exc)}) from None
+        except Refused as refusal:
+            return _refused(refusal)
         url = reverse("execution-detail", args=[execution_id], request=request)
         body = {"id": execution_id, "action_id": action_id, "status": "accepted", "url": url}
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": url})
@@ -130,6 +132,24 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
             )
         execution.refresh_from_db(fields=["status"])
         return Response({"id": execution.id, "status": execution.status}, status=202)
+
+
+# Where a field of the queued message comes from in a POST.
+_REQUEST_FIELDS = {"tenant_tier": "tier", "action_id": "Idempotency-Key"}
+
+
+def _refused(refusal) -> Response:
+    """Answer a run the consumer would refuse: 413 when too large, else 400 naming the field."""
+    if refusal.code == "MESSAGE_TOO_LARGE":
+        code, status_code = refusal.code, status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    elif refusal.code == "INVALID_CALLBACK_QUEUE":
+        code, status_code = refusal.code, status.HTTP_400_BAD_REQUEST
+    else:
+        code, status_code = "INVALID", status.HTTP_400_BAD_REQUEST
+    field = refusal.field or "non_field_errors"
+    field = _REQUEST_FIELDS.get(field, field.removeprefix("data."))
+    error = {"code": code, "message": refusal.message, "details": {field: [refusal.message]}}
+    return Response({"error": error}, status=status_code)
 
 
 class SessionExecutionsView(generics.ListAPIView):

@@ -6,11 +6,9 @@ import json
 import uuid
 from typing import Any
 
-from pydantic import ValidationError
-
 from executions.models import execution_id_for
-from workers import keys, redis_client
-from workers.protocol import AGENT_RUN, AgentRunData, DomainAction, describe, now_iso
+from workers import admission, keys, redis_client
+from workers.protocol import AGENT_RUN, now_iso
 
 RUN_DATA_FIELDS = (
     "agent_id",
@@ -23,17 +21,20 @@ RUN_DATA_FIELDS = (
 )
 
 
-class Invalid(Exception):
-    """The run would be refused by the consumer; the message says why."""
-
-
 def submit_agent_run(
-    fields: dict[str, Any], *, tenant_id: str, tier: str, action_id: str | None = None
+    fields: dict[str, Any],
+    *,
+    tenant_id: str,
+    tier: str,
+    action_id: str | None = None,
+    own_queues_only: bool,
 ) -> tuple[str, uuid.UUID]:
     """Push an execution.agent_run onto the tier's list; return (action_id, execution id).
 
-    The message is validated with the consumer's own models first, so what
-    the API accepts the consumer records.
+    The message passes the consumer's own checks (workers/admission.py)
+    first, so what the API accepts the consumer records; `own_queues_only`
+    (a tenant's run) keeps its callback queue under the tenant's prefix.
+    Raises admission.Refused.
     """
     action_id = action_id or str(uuid.uuid4())
     message = {
@@ -49,11 +50,10 @@ def submit_agent_run(
         "metadata": fields.get("metadata") or {},
         "timestamp": now_iso(),
     }
-    raw = json.dumps(message)
-    try:
-        DomainAction.model_validate_json(raw)
-        AgentRunData.model_validate(message["data"])
-    except ValidationError as exc:
-        raise Invalid(describe(exc)) from None
+    raw = json.dumps(message).encode()
+    action, request = admission.parse(raw)
+    admission.agent_run(action, request)
+    if own_queues_only:
+        admission.check_tenant_queue(action.callback_queue, tenant_id)
     redis_client.shared().lpush(keys.actions(tier), raw)
-    return action_id, execution_id_for(action_id)
+    return action_id, execution_id_for(tenant_id, action_id)

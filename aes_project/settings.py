@@ -16,6 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from aes_project import embedded_redis, logs
 from aes_project.env import env_bool, env_float, env_list, env_str
+from workers.keys import DJANGO_CACHE_PREFIX
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -272,7 +273,8 @@ CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": "aes-cache",
+        # Under the AES's reserved namespace (PROTOCOL.md §3), like every key it owns.
+        "KEY_PREFIX": DJANGO_CACHE_PREFIX,
     }
 }
 

@@ -16,7 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from aes_project import embedded_redis, logs
 from aes_project.env import env_bool, env_float, env_list, env_str
-from workers.keys import DJANGO_CACHE_PREFIX
+from protocol.keys import DJANGO_CACHE_PREFIX
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 

@@ -15,6 +15,7 @@ import psutil
 import redis
 
 from bench.common import MANAGE, PYTHON, Env, stop, wait_until
+from protocol import keys
 
 CALLBACKS = "bench:callbacks"
 
@@ -108,7 +109,7 @@ class Client:
         return total
 
     def push(self, runs: list[dict[str, Any]], tier: str, batch: int = 100) -> None:
-        key = f"execution:{tier}:actions"
+        key = keys.actions(tier)
         for start in range(0, len(runs), batch):
             chunk = runs[start : start + batch]
             with self.push_client.pipeline(transaction=False) as pipe:
@@ -214,7 +215,7 @@ class Pipeline:
         def ready() -> bool:
             if self.service is None or self.service.poll() is not None:
                 raise RuntimeError(f"run_execution_worker exited; see {self.env.workdir}")
-            if not client.keys("execution:consumer:*:alive"):
+            if not client.keys(keys.consumer_alive("*")):
                 return False
             mine = [c for c in self._rq_workers(client) if c["parent"] == self.service.pid]
             return len(mine) >= self.rq_workers * self.runs_per_worker

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import children_of, prepare, redact, stop_all
 from bench.load import closed_loop
 from bench.pipeline import Client, Pipeline, agent_run
+from protocol import keys
 
 # Recovery within seconds rather than the production defaults' minutes.
 QUICK_RECOVERY = {
@@ -248,7 +249,7 @@ def main() -> None:
         client.wait_for([r["correlation_id"] for r in runs], args.final_wait)
         time.sleep(5)  # a duplicate would come late: give it the chance
         result = check(client, runs)
-        dead = env.client().llen("execution:dead_letter")
+        dead = env.client().llen(keys.DEAD_LETTER)
     finally:
         chaos.halt.set()
         client.close()

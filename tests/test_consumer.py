@@ -9,8 +9,8 @@ import django_rq
 import pytest
 
 from executions.models import Execution
+from protocol import keys
 from tests.conftest import agent_run, callbacks, consume, dead_letters, push, work
-from workers import keys
 from workers.consumer import Consumer
 
 pytestmark = pytest.mark.django_db

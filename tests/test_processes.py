@@ -15,8 +15,8 @@ import pytest
 from django.db import connection, transaction
 
 from executions.models import Execution
+from protocol import keys
 from tests.conftest import agent_run, callbacks, consume, push, subprocess_env, work
-from workers import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)

@@ -18,8 +18,9 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
 from executions.models import Execution
+from protocol import keys
 from tests.conftest import TIERS, agent_run, callbacks, consume, dead_letters, push, work
-from workers import handlers, keys, reaper
+from workers import handlers, reaper
 from workers.consumer import MAX_REDELIVERIES, Consumer
 from workers.rq_worker import ExecutionWorker
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from executions.models import Execution
+from protocol import keys
 from tests.conftest import agent_run, callbacks, consume, push, work
-from workers import keys
 
 pytestmark = pytest.mark.django_db
 

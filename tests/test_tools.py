@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from executions.agent_loop import ToolResult
+from protocol.messages import AgentConfig, DomainAction
 from tests.conftest import agent_run, callbacks, run_one
 from workers import tools
 from workers.peers import Caller, route_callback
-from workers.protocol import AgentConfig, DomainAction
 
 pytestmark = pytest.mark.django_db
 

@@ -17,9 +17,9 @@ from typing import Any
 from django.conf import settings
 from pydantic import ValidationError
 
+from protocol import keys
+from protocol.messages import AgentRunData, DomainAction, describe
 from tiers import lookup
-from workers import keys
-from workers.protocol import AgentRunData, DomainAction, describe
 
 # Levels of objects and arrays a message may nest (the envelope and `data`
 # use three; the rest is room for `metadata` and `user_info`).

@@ -23,10 +23,10 @@ from executions.exceptions import (
     UpstreamTimeout,
 )
 from executions.models import Execution
+from protocol.messages import AgentConfig, AgentRunData
 from tiers import lookup
 from workers import cancellation, gates, llm, peers, tools
 from workers.callbacks import Outcome
-from workers.protocol import AgentConfig, AgentRunData
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,9 @@ from django.utils import timezone
 
 from executions.exceptions import RunError
 from executions.models import Execution
-from workers import keys, metrics, redis_client
-from workers.protocol import EXECUTION_CALLBACK, ErrorInfo, ExecutionCallbackData, new_id, now_iso
+from protocol import keys
+from protocol.messages import EXECUTION_CALLBACK, ErrorInfo, ExecutionCallbackData, new_id, now_iso
+from workers import metrics, redis_client
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from executions.exceptions import Cancelled
 from executions.models import Execution, Status
-from workers import keys, redis_client
+from protocol import keys
+from workers import redis_client
 from workers.callbacks import Outcome
 
 # Seconds a cancel flag outlives the request: longer than any run.

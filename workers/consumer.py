@@ -20,10 +20,11 @@ import redis
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from protocol import keys
+from protocol.messages import now_iso
 from tiers import lookup
-from workers import handlers, keys, proxy, redis_client
+from workers import handlers, proxy, redis_client
 from workers.intake import ListIntake, Source, sources_for
-from workers.protocol import now_iso
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import time
 
-from workers import keys, redis_client
+from protocol import keys
+from workers import redis_client
 
 # Seconds a slot outlives its run's deadline before it lapses on its own.
 SLOT_GRACE_SECONDS = 60

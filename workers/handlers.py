@@ -17,19 +17,8 @@ from django.db import DataError
 from pydantic import ValidationError
 
 from executions.models import Execution, Status
-from workers import (
-    admission,
-    callbacks,
-    cancellation,
-    gates,
-    jobs,
-    keys,
-    peers,
-    proxy,
-    redis_client,
-)
-from workers.admission import Refused
-from workers.protocol import (
+from protocol import keys
+from protocol.messages import (
     AGENT_RUN,
     CANCEL,
     EMBEDDING_CALLBACK,
@@ -40,6 +29,8 @@ from workers.protocol import (
     describe,
     now_iso,
 )
+from workers import admission, callbacks, cancellation, gates, jobs, peers, proxy, redis_client
+from workers.admission import Refused
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import redis
 
-from workers import keys, redis_client
+from protocol import keys
+from workers import redis_client
 
 log = logging.getLogger(__name__)
 

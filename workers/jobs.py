@@ -17,11 +17,11 @@ from rq.serializers import JSONSerializer
 
 from aes_project import logs
 from executions.exceptions import Cancelled, InvalidAction
-from executions.models import Execution, Status
+from executions.models import FINAL_STATUSES, Execution, Status
+from protocol.messages import AgentRunData
 from tiers import lookup
 from workers import agent_run, callbacks, cancellation, gates, redis_client
 from workers.callbacks import Outcome
-from workers.protocol import AgentRunData
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +127,9 @@ def _session_turn(execution: Execution) -> bool:
         if head == me:
             return True
         ahead = Execution.objects.filter(pk=head).values_list("status", flat=True).first()
-        if ahead is not None and ahead not in FINAL:
+        if ahead is not None and ahead not in FINAL_STATUSES:
             return False
         gates.leave_session(tenant, session, head)
-
-
-FINAL = {status.value for status in Status if status not in (Status.QUEUED, Status.RUNNING)}
 
 
 def conclude(execution: Execution, outcome: Outcome) -> bool:

@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from executions.models import Execution
-from workers import keys, redis_client
+from protocol import keys
+from workers import redis_client
 
 # Upper bounds of the duration buckets, in milliseconds.
 BUCKETS_MS = (100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000)

@@ -12,8 +12,8 @@ from django.conf import settings
 from pydantic import ValidationError
 
 from executions.exceptions import AgentNotFound, UpstreamError, UpstreamTimeout
-from workers import keys, redis_client
-from workers.protocol import (
+from protocol import keys
+from protocol.messages import (
     AgentConfig,
     DomainAction,
     DomainActionResponse,
@@ -21,6 +21,7 @@ from workers.protocol import (
     new_id,
     outgoing,
 )
+from workers import redis_client
 
 log = logging.getLogger(__name__)
 

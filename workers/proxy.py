@@ -20,10 +20,8 @@ from django.db import close_old_connections
 from pydantic import ValidationError
 
 from executions.exceptions import RunError
-from tiers import lookup
-from tiers.models import Tier
-from workers import keys, peers, redis_client
-from workers.protocol import (
+from protocol import keys
+from protocol.messages import (
     GET_AGENT_CONFIG,
     GET_CONTEXT,
     GET_HISTORY,
@@ -35,6 +33,9 @@ from workers.protocol import (
     HistoryRequest,
     describe,
 )
+from tiers import lookup
+from tiers.models import Tier
+from workers import peers, redis_client
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from rq.job import Job, JobStatus
 from rq.worker import Worker
 
 from executions.models import Execution, Status
-from workers import callbacks, jobs, keys, redis_client
+from protocol import keys
+from workers import callbacks, jobs, redis_client
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from django.conf import settings
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from workers import keys
+from protocol import keys
 
 
 def _retry() -> Retry:

@@ -7,8 +7,9 @@ import uuid
 from typing import Any
 
 from executions.models import execution_id_for
-from workers import admission, keys, redis_client
-from workers.protocol import AGENT_RUN, now_iso
+from protocol import keys
+from protocol.messages import AGENT_RUN, now_iso
+from workers import admission, redis_client
 
 RUN_DATA_FIELDS = (
     "agent_id",

@@ -32,7 +32,8 @@ from rq.job import Job
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
-from workers import keys, redis_client
+from protocol import keys
+from workers import redis_client
 from workers.jobs import close_abandoned
 from workers.rq_worker import ExecutionJobs, warm
 

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from executions.agent_loop import Step, ToolResult
 from executions.exceptions import UpstreamError
+from protocol.messages import AgentConfig, Source
 from workers import peers
-from workers.protocol import AgentConfig, Source
 
 # Results a knowledge search asks QS for.
 DEFAULT_TOP_K = 5

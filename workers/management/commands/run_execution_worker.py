@@ -12,8 +12,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
+from protocol import keys
 from tiers import lookup
-from workers import keys, reaper, redis_client
+from workers import reaper, redis_client
 from workers.consumer import Consumer
 from workers.signals import on_stop_signals
 from workers.supervisor import WorkerPool

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Callable
 
 from django.core.exceptions import TooManyFieldsSent
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-# PostgreSQL refuses NUL in text (psycopg raises before the query is sent),
-# so a NUL reaching a filter, a lookup or a session key is a 500. Lone
-# UTF-16 surrogates cannot be encoded as UTF-8 at all; Django's decoding
-# never yields them (it re-percent-encodes or replaces what is not UTF-8),
-# but they would fail the same way, so they are refused with NUL.
-UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+from executions.errors import error_body
+from protocol.storable import UNSTORABLE
+
+# A NUL reaching a filter, a lookup or a session key is a 500 from
+# PostgreSQL. Django's decoding never yields lone surrogates (it
+# re-percent-encodes or replaces what is not UTF-8), but they would fail the
+# same way, so they are refused with NUL (protocol/storable.py).
 
 
 class RefuseUnstorableCharacters:
@@ -44,8 +44,7 @@ class RefuseUnstorableCharacters:
 
 def invalid_request(message: str) -> JsonResponse:
     """Return a 400 with the API's error body (executions/errors.py)."""
-    body = {"error": {"code": "INVALID_REQUEST", "message": message, "details": None}}
-    return JsonResponse(body, status=400)
+    return JsonResponse(error_body("INVALID_REQUEST", message), status=400)
 
 
 def unstorable_part(request: HttpRequest) -> str | None:

@@ -8,6 +8,11 @@ from rest_framework import exceptions
 from rest_framework.views import exception_handler
 
 
+def error_body(code: str, message: str, details: object = None) -> dict:
+    """Return the API's error body; `code` is a stable UPPER_SNAKE string."""
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
 def api_exception_handler(exc, context):
     """Return DRF's error response, reshaped; codes are stable UPPER_SNAKE strings."""
     # Django's own exceptions, as DRF's handler would turn them.
@@ -26,5 +31,5 @@ def api_exception_handler(exc, context):
     else:
         message, details = str(detail or response.data), None
         code = getattr(detail, "code", code) or code
-    response.data = {"error": {"code": str(code).upper(), "message": message, "details": details}}
+    response.data = error_body(str(code).upper(), message, details)
     return response

@@ -6,6 +6,8 @@ from django.conf import settings
 from rest_framework import exceptions, parsers
 from rest_framework.utils import json  # DRF's, with its strict_constant
 
+from protocol.storable import depth_exceeds
+
 # Levels of arrays and objects a request body may nest before it is refused
 # as unparsable. Far deeper, Python's JSON parser (and json.dumps, which
 # pushes the run) raise RecursionError. What a run's message may nest (32
@@ -58,23 +60,3 @@ def read_bounded(stream) -> bytes:
 
 def too_deep() -> str:
     return f"JSON parse error - arrays and objects nested deeper than {MAX_BODY_DEPTH} levels."
-
-
-def depth_exceeds(value: object, limit: int) -> bool:
-    """Return whether arrays and objects in `value` nest deeper than `limit`.
-
-    Iterative, so that measuring a deep value cannot itself recurse too deep.
-    """
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False

@@ -17,6 +17,7 @@ from rest_framework.filters import OrderingFilter
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
+from executions.errors import error_body
 from executions.models import Execution
 from executions.pagination import NewestFirst, OldestFirst
 from executions.permissions import StaffOrTenantToken, is_tenant
@@ -148,8 +149,8 @@ def _refused(refusal) -> Response:
         code, status_code = "INVALID", status.HTTP_400_BAD_REQUEST
     field = refusal.field or "non_field_errors"
     field = _REQUEST_FIELDS.get(field, field.removeprefix("data."))
-    error = {"code": code, "message": refusal.message, "details": {field: [refusal.message]}}
-    return Response({"error": error}, status=status_code)
+    body = error_body(code, refusal.message, {field: [refusal.message]})
+    return Response(body, status=status_code)
 
 
 class SessionExecutionsView(generics.ListAPIView):

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from protocol import keys
 from protocol.messages import AgentRunData, DomainAction, describe
+from protocol.storable import UNSTORABLE
 from tiers import lookup
 
 # Levels of objects and arrays a message may nest (the envelope and `data`
@@ -137,16 +138,9 @@ def check_storable(value: Any) -> None:
 
 
 def _check_text(text: str, where: str) -> None:
-    if "\x00" in text:
-        raise Refused(
-            "INVALID_ACTION", f"{where or 'message'}: NUL characters are not allowed", where
-        )
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Refused(
-            "INVALID_ACTION", f"{where or 'message'}: unpaired surrogate characters", where
-        ) from None
+    if found := UNSTORABLE.search(text):
+        what = "NUL characters" if found.group() == "\x00" else "unpaired surrogates"
+        raise Refused("INVALID_ACTION", f"{where or 'message'}: {what} are not allowed", where)
 
 
 def _no_constant(name: str) -> Any:

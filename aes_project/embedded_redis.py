@@ -11,11 +11,9 @@ process that started it: Linux's parent-death signal covers a SIGKILLed parent,
 from __future__ import annotations
 
 import atexit
-import ctypes
 import importlib.util
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -24,8 +22,10 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
+from aes_project import processes
+
 START_TIMEOUT_SECONDS = 10.0
-_PR_SET_PDEATHSIG = 1
+STOP_TIMEOUT_SECONDS = 5.0
 
 
 def _binary() -> Path:
@@ -42,12 +42,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _serves(port: int, pid: int) -> bool:
@@ -81,7 +75,7 @@ def start() -> str:
     workdir = tempfile.mkdtemp(prefix="aes-valkey-")
     for _attempt in range(5):
         port = _free_port()
-        process = subprocess.Popen(
+        process = processes.start(
             [
                 str(binary),
                 "--port",
@@ -99,28 +93,22 @@ def start() -> str:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
             # Its own session: a Ctrl-C for the whole process group must not
             # stop the server before the processes using it have shut down.
             start_new_session=True,
         )
         if _wait_until_listening(port, process):
-            atexit.register(_stop, process, workdir)
+            atexit.register(_shut_down, process, workdir)
             return f"redis://127.0.0.1:{port}/0"
-        _stop(process)
+        processes.stop(process, STOP_TIMEOUT_SECONDS)
     shutil.rmtree(workdir, ignore_errors=True)
     raise ImproperlyConfigured(f"could not start the embedded server {binary}")
 
 
-def _stop(process: subprocess.Popen, workdir: str | None = None) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    if workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
+def _shut_down(process: subprocess.Popen, workdir: str) -> None:
+    """Stop the server and remove its directory (at exit)."""
+    processes.stop(process, STOP_TIMEOUT_SECONDS)
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def ensure_redis_url() -> str:

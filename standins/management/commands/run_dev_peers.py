@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from typing import Any
 
@@ -11,6 +10,7 @@ import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from aes_project import processes
 from standins.peers import SERVICES, DevPeers, load_fixture
 
 # Used only when the Tier table is empty (e.g. migrations not run yet), so a demo still works.
@@ -49,12 +49,7 @@ class Command(BaseCommand):
         client = redis.Redis.from_url(settings.REDIS_URL)
         peers = DevPeers(client, tiers, fixture, silent=silent, delay_seconds=options["delay"])
         stop = threading.Event()
-
-        def on_signal(signum: int, frame: object) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        processes.on_stop_signals(stop.set)
         quiet = f" (silent: {', '.join(sorted(silent))})" if silent else ""
         self.stdout.write(f"Dev peers serving {', '.join(peers.queues)}{quiet}")
         self.stdout.flush()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from aes_project import processes
 from standins.llm import LLMStandin
 
 
@@ -22,12 +22,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         standin = LLMStandin(options["host"], options["port"], latency_seconds=options["latency"])
         stop = threading.Event()
-
-        def on_signal(signum: int, frame: object) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        processes.on_stop_signals(stop.set)
         try:
             url = standin.start()
         except OSError as exc:
@@ -37,9 +32,7 @@ class Command(BaseCommand):
         self.stdout.write(f"LLM stand-in serving at {url}")
         self.stdout.flush()
         try:
-            # Event.wait wakes up on the signal handler's set(); poll so Ctrl-C is prompt.
-            while not stop.wait(0.5):
-                pass
+            stop.wait()
         finally:
             standin.stop()
         self.stdout.write("LLM stand-in stopped.")

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from aes_project import processes
 from standins.llm import LLMStandin
+
+# run_execution_worker gives its RQ workers 30 s to finish their runs; this leaves it room.
+STOP_TIMEOUT_SECONDS = 40.0
+POLL_SECONDS = 0.5
 
 
 class Command(BaseCommand):
@@ -39,36 +43,27 @@ class Command(BaseCommand):
             env["OPENAI_BASE_URL"] = llm.start()
             env["OPENAI_API_KEY"] = "stand-in"
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
-        commands = [
-            [*manage, "runserver", addr, "--noreload"],
-            [*manage, "run_execution_worker", "--rq-workers", str(rq_workers)],
-            [*manage, "run_dev_peers"],
-        ]
-        children = [subprocess.Popen(command, env=env) for command in commands]
-        self._introduce(addr, llm)
-
-        stopping = False
-
-        def stop(signum, frame) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        commands = {
+            "web server": [*manage, "runserver", addr, "--noreload"],
+            "execution worker": [*manage, "run_execution_worker", "--rq-workers", str(rq_workers)],
+            "dev peers": [*manage, "run_dev_peers"],
+        }
+        stop = threading.Event()
+        processes.on_stop_signals(stop.set)
+        children: dict[str, subprocess.Popen] = {}
+        exited: list[str] = []
         try:
-            while not stopping and all(child.poll() is None for child in children):
-                time.sleep(0.5)
+            for name, command in commands.items():
+                children[name] = processes.start(command, env=env)
+            self._introduce(addr, llm)
+            while not exited and not stop.wait(POLL_SECONDS):
+                exited = [name for name, child in children.items() if child.poll() is not None]
         finally:
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
-            for child in children:
-                try:
-                    child.wait(timeout=40)
-                except subprocess.TimeoutExpired:
-                    child.kill()
+            processes.stop_all(children.values(), STOP_TIMEOUT_SECONDS)
             if llm is not None:
                 llm.stop()
+        if exited and not stop.is_set():
+            raise CommandError(f"the {' and the '.join(exited)} exited, so everything stopped")
 
     def _introduce(self, addr: str, llm: LLMStandin | None) -> None:
         User = get_user_model()

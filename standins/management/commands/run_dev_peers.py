@@ -9,12 +9,11 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
 from aes_project import processes
 from standins.peers import SERVICES, DevPeers, load_fixture
-
-# Used only when the Tier table is empty (e.g. migrations not run yet), so a demo still works.
-FALLBACK_TIERS = ["enterprise", "professional", "advance", "free"]
+from tiers import lookup
 
 
 class Command(BaseCommand):
@@ -30,8 +29,6 @@ class Command(BaseCommand):
         parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from tiers.models import Tier  # the tiers app owns the table; import once apps are ready
-
         silent = frozenset(s.strip() for s in options["silent"].split(",") if s.strip())
         if silent - set(SERVICES):
             raise CommandError(f"--silent takes services among {', '.join(SERVICES)}")
@@ -39,10 +36,7 @@ class Command(BaseCommand):
             fixture = load_fixture(options["fixture"])
         except (OSError, ValueError) as exc:
             raise CommandError(f"cannot read fixture: {exc}") from exc
-        tiers = list(Tier.objects.order_by("priority").values_list("name", flat=True))
-        if not tiers:
-            self.stderr.write(f"No tiers in the database; serving {FALLBACK_TIERS}")
-            tiers = FALLBACK_TIERS
+        tiers = _tier_names()
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -55,3 +49,17 @@ class Command(BaseCommand):
         self.stdout.flush()
         peers.serve(stop)
         self.stdout.write("Dev peers stopped.")
+
+
+def _tier_names() -> list[str]:
+    """The tiers of the Tier table, the one served first first: the lists the peers serve."""
+    try:
+        tiers = [tier.name for tier in lookup.tiers_by_priority()]
+    except DatabaseError as exc:
+        reason = str(exc).strip().split("\n", 1)[0] or type(exc).__name__
+        raise CommandError(
+            f"cannot read the Tier table ({reason}): is the database up and migrated?"
+        ) from exc
+    if not tiers:
+        raise CommandError("no tiers are defined: run `python manage.py migrate` first")
+    return tiers

@@ -19,13 +19,27 @@ from typing import Any
 
 import redis
 
+from protocol import keys
+from protocol.messages import (
+    AMS_GET_AGENT_CONFIG,
+    CONVERSATION,
+    CS_GET_HISTORY,
+    CS_SAVE_MESSAGE,
+    EMBEDDING,
+    EMBEDDING_CALLBACK,
+    ES_REQUEST,
+    MANAGEMENT,
+    QS_REQUEST,
+    QUERY,
+    QUERY_CALLBACK,
+)
+
 logger = logging.getLogger("standins.peers")
 
-SERVICES = ("management", "conversation", "embedding", "query")
+SERVICES = (MANAGEMENT, CONVERSATION, EMBEDDING, QUERY)
 DEFAULT_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "dev_peers.json"
-REPLY_TTL_SECONDS = 300
 EMBEDDING_MODEL = "stand-in-embedding"
-_CALLBACKS = {"embedding": "embedding.callback", "query": "query.callback"}
+_CALLBACKS = {EMBEDDING: EMBEDDING_CALLBACK, QUERY: QUERY_CALLBACK}
 _ECHOED = ("task_id", "tenant_id", "tenant_tier", "session_id", "correlation_id")
 _STOPWORDS = frozenset(
     "a an and are at be by can do does for from how i in is it me my of on or the to what "
@@ -51,6 +65,16 @@ def load_fixture(path: str | None = None) -> dict:
     """Read the agents/sessions/documents fixture (default: fixtures/dev_peers.json)."""
     with open(path or DEFAULT_FIXTURE, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def conversation_key(session_id: str) -> str:
+    """The list where the stand-in CS keeps a session's messages."""
+    return f"devpeers:conversation:{session_id}"
+
+
+def _service(queue: str) -> str:
+    """The service whose action list `queue` is."""
+    return queue.split(":", 1)[0]
 
 
 def _now() -> str:
@@ -114,17 +138,17 @@ class DevPeers:
         self._seed = self.redis.register_script(_SEED_SESSION)
         # Keyed by action type; a handler only answers on its own service's lists.
         self._handlers = {
-            "management.get_agent_config": self._get_agent_config,
-            "conversation.get_history": self._get_history,
-            "conversation.save_message": self._save_message,
-            "embedding.request": self._embedding_request,
-            "query.request": self._query_request,
+            AMS_GET_AGENT_CONFIG: self._get_agent_config,
+            CS_GET_HISTORY: self._get_history,
+            CS_SAVE_MESSAGE: self._save_message,
+            ES_REQUEST: self._embedding_request,
+            QS_REQUEST: self._query_request,
         }
 
     @property
     def queues(self) -> list[str]:
         """Every list served, tiers in the order given (BRPOP favours earlier keys)."""
-        return [f"{service}:{tier}:actions" for tier in self.tiers for service in SERVICES]
+        return [keys.peer_actions(service, tier) for tier in self.tiers for service in SERVICES]
 
     def serve(self, stop: threading.Event) -> None:
         """Take messages until `stop` is set; each is handled in a small thread pool.
@@ -146,7 +170,7 @@ class DevPeers:
                     continue
                 if item is not None:
                     queue = _text(item[0])
-                    runner = ordered if queue.startswith("conversation:") else pool
+                    runner = ordered if _service(queue) == CONVERSATION else pool
                     runner.submit(self._handle, queue, item[1])
             pool.shutdown(wait=True, cancel_futures=True)
             ordered.shutdown(wait=True, cancel_futures=True)
@@ -172,7 +196,7 @@ class DevPeers:
         action_type = message["action_type"]
         with self._lock:
             self.handled[action_type] = self.handled.get(action_type, 0) + 1
-        service = queue.split(":", 1)[0]
+        service = _service(queue)
         if service in self.silent:
             return
         if self.delay_seconds > 0 and self._stop.wait(self.delay_seconds):
@@ -221,7 +245,7 @@ class DevPeers:
         }
         pipe = self.redis.pipeline(transaction=True)
         pipe.lpush(queue, json.dumps(reply))
-        pipe.expire(queue, REPLY_TTL_SECONDS)
+        pipe.expire(queue, keys.REPLY_TTL_SECONDS)
         pipe.execute()
 
     def _callback(self, request: dict[str, Any], action_type: str, data: dict) -> None:
@@ -257,7 +281,7 @@ class DevPeers:
     def _session_key(self, session_id: Any) -> str:
         if not isinstance(session_id, str) or not session_id:
             raise RequestError("INVALID_REQUEST", "session_id must be a non-empty string")
-        key = f"devpeers:conversation:{session_id}"
+        key = conversation_key(session_id)
         seed = self.fixture.get("sessions", {}).get(session_id) or []
         if seed:
             self._seed(keys=[key], args=[json.dumps(m) for m in seed])

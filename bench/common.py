@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import ctypes
 import glob
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,18 +15,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import django
 import redis
+from django.core.management import call_command
+
+from aes_project import embedded_redis, processes
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 MANAGE = [PYTHON, str(ROOT / "manage.py")]
 COUNTING = ROOT / "bench" / "counting"
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: a bench that dies takes its
-    # children with it (run_execution_worker shuts down warm on SIGTERM).
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+# Seconds a child has to stop after SIGTERM (run_execution_worker shuts
+# down warm: its runs in hand finish) before it is SIGKILLed.
+STOP_SECONDS = 40.0
 
 
 @dataclass
@@ -58,19 +57,25 @@ class Env:
         return env
 
     def start(self, command: list[str], log: str, **extra: str) -> subprocess.Popen:
-        """Start a child with its output in `{workdir}/{log}.log`."""
-        out = open(self.workdir / f"{log}.log", "ab")
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=self.child_env(**extra),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
-        out.close()
+        """Start a child with its output in `{workdir}/{log}.log`.
+
+        The child dies with the thread that started it (aes_project.processes).
+        """
+        with open(self.workdir / f"{log}.log", "ab") as out:
+            process = processes.start(
+                command,
+                cwd=ROOT,
+                env=self.child_env(**extra),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         self.children.append(process)
         return process
+
+    def stop_children(self) -> None:
+        """Stop every child still running (SIGTERM, then SIGKILL after STOP_SECONDS)."""
+        processes.stop_all(self.children, STOP_SECONDS)
+        self.children.clear()
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url, socket_timeout=60)
@@ -88,18 +93,11 @@ def prepare(database_url: str | None, redis_url: str | None, *, flush: bool) -> 
         database_url = f"sqlite:///{workdir / 'bench.sqlite3'}"
     redis_url = redis_url or os.environ.get("REDIS_URL")
     if not redis_url:
-        from aes_project import embedded_redis
-
         redis_url = embedded_redis.start()
         flush = True  # a private server: nothing of anyone else's is there
     os.environ.update(DATABASE_URL=database_url, REDIS_URL=redis_url)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aes_project.settings")
-    sys.path.insert(0, str(ROOT))
-    import django
-
     django.setup()
-    from django.core.management import call_command
-
     call_command("migrate", verbosity=0)
     client = redis.Redis.from_url(redis_url)
     if client.dbsize() and not flush:
@@ -118,23 +116,6 @@ def redact(url: str) -> str:
     if parsed.password:
         return url.replace(parsed.password, "***")
     return url
-
-
-def stop(process: subprocess.Popen, timeout: float = 40.0) -> int | None:
-    """SIGTERM `process` (by its PID), wait up to `timeout`, then SIGKILL it."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-    return process.returncode
-
-
-def stop_all(env: Env) -> None:
-    for process in reversed(env.children):
-        stop(process)
 
 
 def wait_until(condition, timeout: float, what: str, interval: float = 0.1) -> Any:

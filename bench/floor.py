@@ -13,7 +13,17 @@ from rq.job import Job
 from rq.registry import FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
-from bench.common import MANAGE, PYTHON, Env, commandstats, diff, percentile, stop, wait_until
+from aes_project import processes
+from bench.common import (
+    MANAGE,
+    PYTHON,
+    STOP_SECONDS,
+    Env,
+    commandstats,
+    diff,
+    percentile,
+    wait_until,
+)
 from bench.pipeline import counting_client
 
 WORKER_CLASSES = {
@@ -40,7 +50,7 @@ def rq_noop(
     else:
         command = [*MANAGE, "rqworker", "--worker-class", WORKER_CLASSES[worker_class]]
         command += ["--serializer", "rq.serializers.JSONSerializer", QUEUE]
-    processes = [env.start(command, "floor-workers") for _ in range(workers)]
+    started_workers = [env.start(command, "floor-workers") for _ in range(workers)]
     plain = redis.Redis.from_url(env.redis_url)
     try:
         wait_until(
@@ -92,9 +102,8 @@ def rq_noop(
             "low_load_latency_ms": latencies,
         }
     finally:
-        for process in processes:
-            stop(process)
-        env.children = [c for c in env.children if c not in processes]
+        processes.stop_all(started_workers, STOP_SECONDS)
+        env.children = [c for c in env.children if c not in started_workers]
 
 
 def _ping_latencies(queue: Queue, client: redis.Redis, pings: int) -> dict[str, float]:

@@ -1,21 +1,26 @@
 """CPU of one LLM call in the calling process, by prompt length: `python -m bench.llm_client`.
 
-Measures the OpenAI client as workers/llm.py calls it (`client.post` with a
-typed ChatCompletion answer) against `chat.completions.create`, the SDK's
-typed method, which first walks the request through a type-driven transform.
-The LLM stand-in runs in its own process, so only the client's CPU is counted.
+    pip install -r bench/requirements.txt   # once: the service's pins plus psutil
+
+Run from the project's root. Measures the OpenAI client as executions/agent/llm.py
+calls it (`client.post` with a typed ChatCompletion answer) against
+`chat.completions.create`, the SDK's typed method, which first walks the
+request through a type-driven transform. The LLM stand-in runs in its own
+process, so only the client's CPU is counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import time
 
 import openai
 from openai.types.chat import ChatCompletion
 
-from bench.common import PYTHON
+from aes_project import processes
+from bench.common import PYTHON, ROOT
 
 
 def prompt(messages: int) -> list[dict[str, str]]:
@@ -40,8 +45,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--messages", type=int, nargs="+", default=[2, 10, 40, 100])
     args = parser.parse_args()
-    server = subprocess.Popen(
-        [PYTHON, "-m", "bench.llm_server", "--latency", "0"], stdout=subprocess.PIPE, text=True
+    server = processes.start(
+        [PYTHON, "-m", "bench.llm_server", "--latency", "0"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         url = server.stdout.readline().split()[1]
@@ -66,8 +75,7 @@ def main() -> None:
                 f" {cpu_ms_per_call(post, args.calls):>10.2f}"
             )
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        processes.stop(server, 10)
 
 
 if __name__ == "__main__":

@@ -9,17 +9,19 @@ threads do not share the bench's interpreter) and can misbehave:
   `--hang-seconds` first (longer than the run's `data.timeout`).
 
 Prints `LLM_URL <url>` once it listens, then serves until SIGTERM/SIGINT.
+The bench starts it; by hand: `pip install -r bench/requirements.txt` once,
+then `python -m bench.llm_server --latency 1` from the project's root.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-import signal
 import sys
 import threading
 from typing import Any
 
+from aes_project import processes
 from standins.llm import LLMStandin, _content_text, _error_body
 
 
@@ -56,8 +58,7 @@ def main() -> None:
     # The stand-in records every request body; a long run must not keep them all.
     server._record = lambda body: None
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    processes.on_stop_signals(stop.set)
     print("LLM_URL", server.start(), flush=True)
     while not stop.wait(0.5):
         pass

@@ -1,4 +1,4 @@
-"""The measured phases of bench/run.py: sequential runs, and runs under load."""
+"""The measured phases of bench.run: sequential runs, and runs under load."""
 
 from __future__ import annotations
 

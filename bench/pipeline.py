@@ -14,7 +14,8 @@ from typing import Any
 import psutil
 import redis
 
-from bench.common import MANAGE, PYTHON, Env, stop, wait_until
+from aes_project import processes
+from bench.common import MANAGE, PYTHON, STOP_SECONDS, Env, wait_until
 from protocol import keys
 
 CALLBACKS = "bench:callbacks"
@@ -243,6 +244,8 @@ class Pipeline:
             self.service.wait(timeout=10)
 
     def stop(self) -> None:
-        for process in (self.service, self.peers, self.llm):
-            if process is not None:
-                stop(process)
+        """Stop the service (warm: its runs in hand finish), then the stand-ins."""
+        if self.service is not None:
+            processes.stop(self.service, STOP_SECONDS)
+        standins = [p for p in (self.peers, self.llm) if p is not None]
+        processes.stop_all(standins, STOP_SECONDS)

@@ -1,12 +1,14 @@
-"""Profile what one run costs a worker: `python bench/profile_run.py --runs 20`.
+"""Profile what one run costs a worker: `python -m bench.profile_run --runs 20`.
+
+    pip install -r bench/requirements.txt   # once: the service's pins plus psutil
 
 Loads Django and the job module as ExecutionWorker does, records runs through
 the consumer's handler, then for each one forks a child that runs
-`workers.jobs.run_execution` under cProfile, as an RQ work-horse would; with
+`executions.jobs.run_execution` under cProfile, as an RQ work-horse would; with
 `--in-process`, runs them in this process instead, as a threaded worker's
 slot does (connections and caches kept from one run to the next), and also
 reports the CPU time per run. The LLM stand-in and the dev peers run in
-threads of this process. Prints the wall time per run and the functions
+threads of this process. Run from the project's root. Prints the wall time per run and the functions
 with the most cumulative time.
 """
 
@@ -17,15 +19,17 @@ import cProfile
 import json
 import os
 import pstats
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from django.conf import settings
+from django.db import connections
 
 from bench.common import prepare
 from bench.pipeline import agent_run
+from standins.llm import LLMStandin
+from standins.peers import DevPeers, load_fixture
 
 
 def main() -> None:
@@ -49,22 +53,19 @@ def main() -> None:
     )
     args = parser.parse_args()
     prepare(args.database_url, args.redis_url, flush=args.flush)
-
-    from django.conf import settings
-    from django.db import connections
-
-    import workers.rq_worker  # noqa: F401 - what the RQ worker process loads before forking
-    from standins.llm import LLMStandin
-    from standins.peers import DevPeers, load_fixture
-    from workers import handlers, jobs, redis_client
+    # Importable only once Django is set up; the RQ worker's module is what
+    # the RQ worker process loads before it forks.
+    from aes_project import redis_clients
+    from executions import jobs
+    from executions.models import execution_id_for
+    from workers import handlers
+    from workers.rq_worker import warm
 
     llm = LLMStandin()
     settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY = llm.start(), "bench"
-    peers = DevPeers(redis_client.shared(), [args.tier], load_fixture())
+    peers = DevPeers(redis_clients.shared(), [args.tier], load_fixture())
     _thread, stop = peers.start_in_thread()
     if args.warm:
-        from workers.rq_worker import warm
-
         warm()
     out = Path(tempfile.mkdtemp(prefix="aes-profile-"))
     walls, cpus = [], []
@@ -72,10 +73,8 @@ def main() -> None:
     for i in range(args.runs):
         run = agent_run(tier=args.tier, agent_id=args.agent)
         handlers.handle(args.tier, json.dumps(run).encode())
-        from executions.models import execution_id_for
-
         execution_id = str(execution_id_for(run["tenant_id"], run["action_id"]))
-        redis_client.shared().delete(f"rq:job:{execution_id}")  # run it here, not in RQ
+        redis_clients.shared().delete(f"rq:job:{execution_id}")  # run it here, not in RQ
         if args.in_process:
             start, cpu = time.monotonic(), time.process_time()
             if args.no_profile:

@@ -1,4 +1,4 @@
-"""Turns the measurements of bench/run.py into figures, a table and targets."""
+"""Turns the measurements of bench.run into figures, a table and targets."""
 
 from __future__ import annotations
 

@@ -1,14 +1,16 @@
 """Benchmark the AES pipeline against the floor of bare RQ and Redis.
 
-    .venv/bin/python bench/run.py --runs 2000 --rq-workers 2 --llm-latency 0 \\
+    pip install -r bench/requirements.txt   # once: the service's pins plus psutil
+    python -m bench.run --runs 2000 --rq-workers 2 --llm-latency 0 \\
         --database-url postgres://postgres@127.0.0.1:5432/aesbench \\
         --redis-url redis://127.0.0.1:6379/9 --flush --json /tmp/bench.json
 
-Starts the LLM stand-in, the dev peers and `run_execution_worker` as child
-processes, warms up, measures sequential runs (low load) then `--runs` runs
-pushed at once (or `--in-flight K` at a time), then stops the service and
-measures bare RQ no-op jobs with as many workers, and a bare LPUSH/BRPOP
-round trip. Method and figures: docs/performance.md.
+Run from the project's root. Starts the LLM stand-in, the dev peers and
+`run_execution_worker` as child processes, warms up, measures sequential
+runs (low load) then `--runs` runs pushed at once (or `--in-flight K` at a
+time), then stops the service and measures bare RQ no-op jobs with as many
+workers, and a bare LPUSH/BRPOP round trip. Method and figures:
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -16,14 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench import floor, load, report
-from bench.common import prepare, redact, stop_all
+from bench.common import prepare, redact
 from bench.pipeline import Client, Pipeline, agent_run
 
 
@@ -133,7 +132,7 @@ def main() -> None:
             slots=args.runs_per_worker,
         )
         result["roundtrip"] = floor.lpush_brpop(env)
-    stop_all(env)
+    env.stop_children()
     result["loadavg_at_end"] = os.getloadavg()
     print(report.table(result))
     print(f"load average at start {result['loadavg_at_start']}, at end {result['loadavg_at_end']}")

@@ -1,19 +1,21 @@
 """Soak the real pipeline with faults and check that every run ends once.
 
-    .venv/bin/python bench/soak.py --runs 300 \\
+    pip install -r bench/requirements.txt   # once: the service's pins plus psutil
+    python -m bench.soak --runs 300 \\
         --database-url postgres://postgres@127.0.0.1:5432/aesbench \\
         --redis-url redis://127.0.0.1:6379/9 --flush
 
-Pushes `--runs` runs (`--in-flight` at a time) while the LLM stand-in answers
-HTTP 500 at random and hangs on some runs past their `data.timeout`, a random
-RQ work-horse is SIGKILLed every few seconds, now and then a whole RQ worker
-with its horse (as if its machine were lost), and run_execution_worker itself
-is SIGKILLed and restarted periodically. With `--runs-per-worker K` the
-workers are threaded: there are no horses, and a whole worker killed takes
-up to K runs with it. Then, after a bounded wait, checks
-the database and the callbacks: every pushed action_id has exactly one
-Execution, every Execution is final, every run got exactly one callback.
-Prints `lost=N duplicated=N stuck=N` and exits 1 unless all three are 0.
+Run from the project's root. Pushes `--runs` runs (`--in-flight` at a time)
+while the LLM stand-in answers HTTP 500 at random and hangs on some runs
+past their `data.timeout`, a random RQ work-horse is SIGKILLed every few
+seconds, now and then a whole RQ worker with its horse (as if its machine
+were lost), and run_execution_worker itself is SIGKILLed and restarted
+periodically. With `--runs-per-worker K` the workers are threaded: there are
+no horses, and a whole worker killed takes up to K runs with it. Then, after
+a bounded wait, checks the database and the callbacks: every pushed
+action_id has exactly one Execution, every Execution is final, every run got
+exactly one callback. Prints `lost=N duplicated=N stuck=N` and exits 1
+unless all three are 0.
 """
 
 from __future__ import annotations
@@ -25,11 +27,8 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import children_of, prepare, redact, stop_all
+from bench.common import children_of, prepare, redact
 from bench.load import closed_loop
 from bench.pipeline import Client, Pipeline, agent_run
 from protocol import keys
@@ -254,7 +253,7 @@ def main() -> None:
         chaos.halt.set()
         client.close()
         pipeline.stop()
-        stop_all(env)
+        env.stop_children()
     print(f"runs={args.runs} seconds={time.monotonic() - started:.0f} dead_letters={dead}")
     print(f"by status: {result['by_status']}")
     print(", ".join(f"{k}={v}" for k, v in result.items() if k != "by_status"))

@@ -1,29 +1,32 @@
 """A floor worker process with the AES's threaded class: `slots` no-op jobs at once.
 
-    python -m bench.threaded_floor --slots 50 enterprise
+    pip install -r bench/requirements.txt   # once: the service's pins plus psutil
+    python -m bench.threaded_floor --slots 50 QUEUE [QUEUE ...]
 
 The same ThreadedHost as `manage.py rqworker_threads`, with slots that run any
-job (the AES's own slots refuse all but theirs).
+job (the AES's own slots refuse all but theirs). bench.run starts it, from
+the project's root, on the measured tier's queue.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 
 import django
+from rq.serializers import JSONSerializer
+
+from aes_project import processes
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("queues", nargs="+")
     parser.add_argument("--slots", type=int, required=True)
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aes_project.settings")
     django.setup()
-    from rq.serializers import JSONSerializer
-
+    # Importable only once Django is set up.
     from workers.threaded import ThreadedHost, ThreadSlot
 
     class NoopSlot(ThreadSlot):
@@ -32,7 +35,7 @@ def main() -> None:
             super().__init__(*a, **kw)
 
     host = ThreadedHost(args.queues, args.slots, worker_class=NoopSlot)
-    signal.signal(signal.SIGTERM, lambda *_: host.stop())
+    processes.on_stop_signals(host.stop)
     host.run()
 
 

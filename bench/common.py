@@ -38,7 +38,17 @@ class Env:
     redis_url: str
     workdir: Path
     count_dir: Path
+    # The Tier table's names, the one served first first.
+    tiers: list[str]
     children: list[subprocess.Popen] = field(default_factory=list)
+
+    def tier(self, name: str | None) -> str:
+        """`name` if the Tier table has it; with None, the tier served first."""
+        if name is None:
+            return self.tiers[0]
+        if name not in self.tiers:
+            raise SystemExit(f"no tier {name!r}; the Tier table has {', '.join(self.tiers)}")
+        return name
 
     def child_env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -99,6 +109,10 @@ def prepare(database_url: str | None, redis_url: str | None, *, flush: bool) -> 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aes_project.settings")
     django.setup()
     call_command("migrate", verbosity=0)
+    # Models can be imported only once Django is set up.
+    from tiers import lookup
+
+    tiers = [tier.name for tier in lookup.tiers_by_priority()]
     client = redis.Redis.from_url(redis_url)
     if client.dbsize() and not flush:
         raise SystemExit(
@@ -108,7 +122,7 @@ def prepare(database_url: str | None, redis_url: str | None, *, flush: bool) -> 
     client.flushdb()
     count_dir = workdir / "counts"
     count_dir.mkdir()
-    return Env(database_url, redis_url, workdir, count_dir)
+    return Env(database_url, redis_url, workdir, count_dir, tiers)
 
 
 def redact(url: str) -> str:

@@ -31,25 +31,37 @@ WORKER_CLASSES = {
     "simple": "rq.worker.SimpleWorker",
     "threads": "workers.threaded.ThreadedHost",
 }
-QUEUE = "enterprise"  # a queue django-rq knows; the AES is stopped while the floor runs
 
 
 def rq_noop(
-    env: Env, *, workers: int, jobs: int, worker_class: str, slots: int = 1, pings: int = 50
+    env: Env,
+    *,
+    tier: str,
+    workers: int,
+    jobs: int,
+    worker_class: str,
+    slots: int = 1,
+    pings: int = 50,
 ) -> dict[str, Any]:
     """No-op jobs/s through `workers` RQ worker processes, and Redis commands per job.
 
     The workers are `manage.py rqworker` processes, as the AES's are (Django
     loaded, so a forked work-horse is as large), with RQ's plain class:
-    the AES's class refuses any job but its own. Jobs are enqueued one by
-    one, with the job options the AES uses, while the workers wait. With
-    `threads`, each process is the AES's ThreadedHost with `slots` slots.
+    the AES's class refuses any job but its own. They serve the tier's queue
+    (the AES is stopped by then). Jobs are enqueued one by one, with the job
+    options the AES uses, while the workers wait. With `threads`, each
+    process is the AES's ThreadedHost with `slots` slots.
     """
+    # Importable only once Django is set up: the job options the AES uses.
+    from executions import queues
+    from tiers import lookup
+
+    timeout = lookup.get_tier(tier).timeout_seconds + queues.JOB_TIMEOUT_MARGIN_SECONDS
     if worker_class == "threads":
-        command = [PYTHON, "-m", "bench.threaded_floor", "--slots", str(slots), QUEUE]
+        command = [PYTHON, "-m", "bench.threaded_floor", "--slots", str(slots), tier]
     else:
         command = [*MANAGE, "rqworker", "--worker-class", WORKER_CLASSES[worker_class]]
-        command += ["--serializer", "rq.serializers.JSONSerializer", QUEUE]
+        command += ["--serializer", "rq.serializers.JSONSerializer", tier]
     started_workers = [env.start(command, "floor-workers") for _ in range(workers)]
     plain = redis.Redis.from_url(env.redis_url)
     try:
@@ -59,7 +71,7 @@ def rq_noop(
         time.sleep(1.0)  # let them settle into their blocking dequeue
         enqueuer = redis.Redis.from_url(env.redis_url)
         poller = counting_client(env.redis_url)
-        queue = Queue(QUEUE, connection=enqueuer, serializer=JSONSerializer)
+        queue = Queue(tier, connection=enqueuer, serializer=JSONSerializer)
         ids = [str(uuid.uuid4()) for _ in range(jobs)]
         before = commandstats(poller)
         started = datetime.now(UTC)
@@ -67,13 +79,13 @@ def rq_noop(
             queue.enqueue_call(
                 "bench.noop.noop",
                 job_id=job_id,
-                timeout=330,
-                result_ttl=60,  # workers/jobs.py's options
-                failure_ttl=7 * 24 * 3600,
+                timeout=timeout,
+                result_ttl=queues.RESULT_TTL_SECONDS,
+                failure_ttl=queues.FAILURE_TTL_SECONDS,
             )
         # Read through the poller, whose commands are not counted as RQ's; the
         # AES's own finished jobs of this queue are there too, expiring.
-        finished = FinishedJobRegistry(QUEUE, connection=poller, serializer=JSONSerializer)
+        finished = FinishedJobRegistry(tier, connection=poller, serializer=JSONSerializer)
         ours = set(ids)
         wait_until(
             lambda: len(ours.intersection(finished.get_job_ids())) >= jobs,
@@ -89,7 +101,7 @@ def rq_noop(
         ]
         last = max(e for e in ended if e is not None).replace(tzinfo=UTC)
         seconds = (last - started).total_seconds()
-        latencies = _ping_latencies(queue, plain, pings)
+        latencies = _ping_latencies(queue, plain, pings, result_ttl=queues.RESULT_TTL_SECONDS)
         return {
             "worker_class": WORKER_CLASSES[worker_class],
             "workers": workers,
@@ -106,13 +118,15 @@ def rq_noop(
         env.children = [c for c in env.children if c not in started_workers]
 
 
-def _ping_latencies(queue: Queue, client: redis.Redis, pings: int) -> dict[str, float]:
+def _ping_latencies(
+    queue: Queue, client: redis.Redis, pings: int, result_ttl: int
+) -> dict[str, float]:
     """Enqueue→done latency of jobs sent one at a time: the floor of the AES's overhead."""
     key = "bench:floor:pings"
     seconds = []
     for _ in range(pings):
         start = time.monotonic()
-        queue.enqueue_call("bench.noop.ping", args=(key,), result_ttl=60)
+        queue.enqueue_call("bench.noop.ping", args=(key,), result_ttl=result_ttl)
         if client.brpop([key], timeout=30) is None:
             raise TimeoutError("a floor ping job did not run within 30 s")
         seconds.append(time.monotonic() - start)

@@ -13,6 +13,7 @@ from typing import Any
 
 import psutil
 import redis
+from rq import Worker
 
 from aes_project import processes
 from bench.common import MANAGE, PYTHON, STOP_SECONDS, Env, wait_until
@@ -226,15 +227,14 @@ class Pipeline:
     def _rq_workers(self, client: redis.Redis) -> list[dict[str, Any]]:
         """The RQ workers registered in Redis, with their parent's pid."""
         found = []
-        for key in client.smembers("rq:workers"):
-            pid = client.hget(key, "pid")
-            if not pid:
+        for worker in Worker.all(connection=client):
+            if not worker.pid:
                 continue  # a worker registering or gone
             try:
-                parent = psutil.Process(int(pid)).ppid()
+                parent = psutil.Process(worker.pid).ppid()
             except psutil.Error:
                 continue
-            found.append({"pid": int(pid), "parent": parent})
+            found.append({"pid": worker.pid, "parent": parent})
         return found
 
     def kill_service(self) -> None:

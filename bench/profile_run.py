@@ -25,6 +25,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import connections
+from rq.job import Job
 
 from bench.common import prepare
 from bench.pipeline import agent_run
@@ -36,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--agent", default="plain-bot")
-    parser.add_argument("--tier", default="enterprise")
+    parser.add_argument("--tier", help="a tier of the Tier table (default: the one served first)")
     parser.add_argument("--database-url")
     parser.add_argument("--redis-url")
     parser.add_argument("--flush", action="store_true")
@@ -52,7 +53,8 @@ def main() -> None:
         "--in-process", action="store_true", help="no fork: run as a threaded worker's slot"
     )
     args = parser.parse_args()
-    prepare(args.database_url, args.redis_url, flush=args.flush)
+    env = prepare(args.database_url, args.redis_url, flush=args.flush)
+    args.tier = env.tier(args.tier)
     # Importable only once Django is set up; the RQ worker's module is what
     # the RQ worker process loads before it forks.
     from aes_project import redis_clients
@@ -74,7 +76,7 @@ def main() -> None:
         run = agent_run(tier=args.tier, agent_id=args.agent)
         handlers.handle(args.tier, json.dumps(run).encode())
         execution_id = str(execution_id_for(run["tenant_id"], run["action_id"]))
-        redis_clients.shared().delete(f"rq:job:{execution_id}")  # run it here, not in RQ
+        redis_clients.shared().delete(Job.key_for(execution_id))  # run it here, not in RQ
         if args.in_process:
             start, cpu = time.monotonic(), time.process_time()
             if args.no_profile:

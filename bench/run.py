@@ -36,7 +36,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--llm-latency", type=float, default=0.0, help="seconds per LLM answer")
     parser.add_argument("--in-flight", type=int, default=0, help="keep K runs in flight")
     parser.add_argument("--agent", default="plain-bot", help="plain-bot, or support-bot (tool)")
-    parser.add_argument("--tier", default="enterprise")
+    parser.add_argument("--tier", help="a tier of the Tier table (default: the one served first)")
     parser.add_argument("--sessions", type=int, default=0, help="spread runs over S sessions")
     parser.add_argument("--history", type=int, default=0, help="messages already in each session")
     parser.add_argument("--warmup", type=int, default=10)
@@ -74,6 +74,7 @@ def seed_sessions(env, sessions: int, history: int) -> list[str]:
 def main() -> None:
     args = parse()
     env = prepare(args.database_url, args.redis_url, flush=args.flush)
+    args.tier = env.tier(args.tier)
     print(f"database {redact(env.database_url)}, Redis {redact(env.redis_url)}, logs {env.workdir}")
     sessions = seed_sessions(env, args.sessions, args.history)
 
@@ -126,6 +127,7 @@ def main() -> None:
         threaded = args.runs_per_worker > 1
         result["floor"] = floor.rq_noop(
             env,
+            tier=args.tier,
             workers=args.rq_workers,
             jobs=args.runs,
             worker_class="threads" if threaded else args.floor_class,

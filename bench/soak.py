@@ -49,7 +49,7 @@ def parse() -> argparse.Namespace:
         "--runs-per-worker", type=int, default=1, help="more than 1: threaded workers"
     )
     parser.add_argument("--in-flight", type=int, default=40)
-    parser.add_argument("--tier", default="enterprise")
+    parser.add_argument("--tier", help="a tier of the Tier table (default: the one served first)")
     parser.add_argument("--error-rate", type=float, default=0.05, help="LLM answers 500")
     parser.add_argument("--hang-share", type=float, default=0.03, help="runs whose LLM hangs")
     parser.add_argument(
@@ -219,6 +219,7 @@ def check(client: Client, runs: list[dict]) -> dict:
 def main() -> None:
     args = parse()
     env = prepare(args.database_url, args.redis_url, flush=args.flush)
+    args.tier = env.tier(args.tier)
     print(f"database {redact(env.database_url)}, Redis {redact(env.redis_url)}, logs {env.workdir}")
     runs = make_runs(args)
     llm_args = ["--error-rate", str(args.error_rate), "--hang-seconds", "6"]

@@ -213,3 +213,16 @@ def percentile(values: list[float], p: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, math.ceil(p / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def other_clients_rate(client: redis.Redis, seconds: float = 3.0) -> float:
+    """Commands per second the server runs for others while the bench runs nothing.
+
+    INFO commandstats counts every client of the server: on a server shared
+    with other work this is what the bench's server-side counts include
+    beside the pipeline's. (The one INFO of the bench in between is left out.)
+    """
+    before = sum(commandstats(client).values())
+    time.sleep(seconds)
+    after = sum(commandstats(client).values())
+    return max(0.0, (after - before - 1) / seconds)

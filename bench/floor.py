@@ -73,6 +73,7 @@ def rq_noop(
         poller = counting_client(env.redis_url)
         queue = Queue(tier, connection=enqueuer, serializer=JSONSerializer)
         ids = [str(uuid.uuid4()) for _ in range(jobs)]
+        window_start = time.monotonic()
         before = commandstats(poller)
         started = datetime.now(UTC)
         for job_id in ids:
@@ -94,6 +95,7 @@ def rq_noop(
         )
         own = dict(poller.sent)  # the bench's polling and INFO are not RQ's
         calls = diff(commandstats(poller), before)
+        window = time.monotonic() - window_start
         for name, n in own.items():
             calls[name] = calls.get(name, 0) - n
         ended = [
@@ -101,18 +103,18 @@ def rq_noop(
         ]
         last = max(e for e in ended if e is not None).replace(tzinfo=UTC)
         seconds = (last - started).total_seconds()
-        latencies = _ping_latencies(queue, plain, pings, result_ttl=queues.RESULT_TTL_SECONDS)
-        return {
-            "worker_class": WORKER_CLASSES[worker_class],
-            "workers": workers,
-            "jobs": jobs,
-            "seconds": seconds,
-            "jobs_per_second": jobs / seconds,
-            "redis_commands_per_job": sum(calls.values()) / jobs,
-            "top_commands_per_job": _top(calls, jobs),
-            "commands_per_job_all": _top(calls, jobs, 100),
-            "low_load_latency_ms": latencies,
+        figures: dict[str, Any] = {
+            "floor_worker_class": WORKER_CLASSES[worker_class],
+            "floor_worker_processes": workers,
+            "floor_jobs": jobs,
+            "floor_seconds": round(seconds, 3),
+            "floor_jobs_per_second": round(jobs / seconds, 1),
+            "floor_redis_window_seconds": round(window, 2),
+            "floor_redis_commands_per_job": round(sum(calls.values()) / jobs, 2),
         }
+        figures.update(_per(calls, jobs, "floor_redis_commands_per_job"))
+        figures.update(_ping_latencies(queue, plain, pings, result_ttl=queues.RESULT_TTL_SECONDS))
+        return figures
     finally:
         processes.stop_all(started_workers, STOP_SECONDS)
         env.children = [c for c in env.children if c not in started_workers]
@@ -130,12 +132,14 @@ def _ping_latencies(
         if client.brpop([key], timeout=30) is None:
             raise TimeoutError("a floor ping job did not run within 30 s")
         seconds.append(time.monotonic() - start)
-    return {f"p{p}": round(percentile(seconds, p) * 1000, 1) for p in (50, 95, 99)}
+    figures = {f"floor_low_load_latency_p{p}_ms": percentile(seconds, p) for p in (50, 95, 99)}
+    return {name: round(value * 1000, 1) for name, value in figures.items()}
 
 
-def _top(calls: dict[str, int], runs: int, n: int = 12) -> dict[str, float]:
-    ranked = sorted(calls.items(), key=lambda item: -item[1])[:n]
-    return {name: round(count / runs, 2) for name, count in ranked}
+def _per(calls: dict[str, int], jobs: int, prefix: str) -> dict[str, float]:
+    """`{prefix}.{command}`: each command's calls per job, the most frequent first."""
+    ranked = sorted(calls.items(), key=lambda item: -item[1])
+    return {f"{prefix}.{name}": round(count / jobs, 2) for name, count in ranked if count}
 
 
 def lpush_brpop(env: Env, pairs: int = 5000) -> dict[str, Any]:
@@ -148,4 +152,8 @@ def lpush_brpop(env: Env, pairs: int = 5000) -> dict[str, Any]:
         client.lpush(key, "x")
         client.brpop([key], timeout=1)
     seconds = time.monotonic() - start
-    return {"pairs": pairs, "seconds": seconds, "pairs_per_second": pairs / seconds}
+    return {
+        "lpush_brpop_pairs": pairs,
+        "lpush_brpop_seconds": round(seconds, 3),
+        "lpush_brpop_pairs_per_second": round(pairs / seconds, 1),
+    }

@@ -6,7 +6,9 @@ Run from the project's root. Measures the OpenAI client as executions/agent/llm.
 calls it (`client.post` with a typed ChatCompletion answer) against
 `chat.completions.create`, the SDK's typed method, which first walks the
 request through a type-driven transform. The LLM stand-in runs in its own
-process, so only the client's CPU is counted.
+process, so only the client's CPU is counted. Prints a table and writes the
+figures as one flat JSON document (`--json`, by default
+bench/results/llm_client.json).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from aes_project import processes
+from bench import figures
 from bench.common import PYTHON, ROOT
 
 
@@ -44,7 +47,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--messages", type=int, nargs="+", default=[2, 10, 40, 100])
+    figures.add_json_option(parser, "llm_client")
     args = parser.parse_args()
+    machine = figures.machine()
     server = processes.start(
         [PYTHON, "-m", "bench.llm_server", "--latency", "0"],
         cwd=ROOT,
@@ -52,6 +57,7 @@ def main() -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
+    measured: dict[str, float] = {}
     try:
         url = server.stdout.readline().split()[1]
         client = openai.OpenAI(api_key="bench", base_url=url, max_retries=0)
@@ -70,12 +76,14 @@ def main() -> None:
                     options={"timeout": 30},
                 )
 
-            print(
-                f"{count:>8} {cpu_ms_per_call(create, args.calls):>12.2f}"
-                f" {cpu_ms_per_call(post, args.calls):>10.2f}"
-            )
+            created = round(cpu_ms_per_call(create, args.calls), 3)
+            posted = round(cpu_ms_per_call(post, args.calls), 3)
+            measured[f"create_cpu_ms_per_call.{count}_messages"] = created
+            measured[f"post_cpu_ms_per_call.{count}_messages"] = posted
+            print(f"{count:>8} {created:>12.2f} {posted:>10.2f}")
     finally:
         processes.stop(server, 10)
+    figures.write(args.json, figures.document("llm_client", args, machine, measured))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ the consumer's handler, then for each one forks a child that runs
 `--in-process`, runs them in this process instead, as a threaded worker's
 slot does (connections and caches kept from one run to the next), and also
 reports the CPU time per run. The LLM stand-in and the dev peers run in
-threads of this process. Run from the project's root. Prints the wall time per run and the functions
-with the most cumulative time.
+threads of this process. Run from the project's root. Prints the wall time
+per run and the functions with the most cumulative time, and writes them as
+one flat JSON document (`--json`, by default bench/results/profile_run.json).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from django.conf import settings
 from django.db import connections
 from rq.job import Job
 
-from bench.common import prepare
+from bench import figures
+from bench.common import ROOT, prepare
 from bench.pipeline import agent_run
 from standins.llm import LLMStandin
 from standins.peers import DevPeers, load_fixture
@@ -52,7 +54,9 @@ def main() -> None:
     parser.add_argument(
         "--in-process", action="store_true", help="no fork: run as a threaded worker's slot"
     )
+    figures.add_json_option(parser, "profile_run")
     args = parser.parse_args()
+    machine = figures.machine()
     env = prepare(args.database_url, args.redis_url, flush=args.flush)
     args.tier = env.tier(args.tier)
     # Importable only once Django is set up; the RQ worker's module is what
@@ -102,22 +106,51 @@ def main() -> None:
     stop.set()
     llm.stop()
     walls.sort()
+    mode = "in process" if args.in_process else "fork to exit"
+    measured: dict = {
+        "mode": mode,
+        "profiled": not args.no_profile,
+        "runs": len(walls),
+        "wall_ms_per_run_median": round(walls[len(walls) // 2] * 1000, 2),
+        "wall_ms_per_run_min": round(walls[0] * 1000, 2),
+        "wall_ms_per_run_max": round(walls[-1] * 1000, 2),
+    }
     print(
-        f"wall per run ({'in process' if args.in_process else 'fork to exit'}): "
-        f"median {walls[len(walls) // 2] * 1000:.1f} ms, "
-        f"min {walls[0] * 1000:.1f} ms, max {walls[-1] * 1000:.1f} ms"
+        f"wall per run ({mode}): median {measured['wall_ms_per_run_median']:.1f} ms, "
+        f"min {measured['wall_ms_per_run_min']:.1f} ms, "
+        f"max {measured['wall_ms_per_run_max']:.1f} ms"
     )
     if cpus:
         cpus.sort()
-        median = cpus[len(cpus) // 2] * 1000
-        print(f"CPU per run (this process, all threads): median {median:.1f} ms")
-    if args.no_profile:
-        return
-    if args.in_process:
-        stats = pstats.Stats(profiler)
-    else:
-        stats = pstats.Stats(*[str(p) for p in sorted(out.glob("*.prof"))])
-    stats.sort_stats("cumulative").print_stats(args.top)
+        measured["cpu_ms_per_run_median"] = round(cpus[len(cpus) // 2] * 1000, 2)
+        print(
+            "CPU per run (this process, all threads): "
+            f"median {measured['cpu_ms_per_run_median']:.1f} ms"
+        )
+    if not args.no_profile:
+        if args.in_process:
+            stats = pstats.Stats(profiler)
+        else:
+            stats = pstats.Stats(*[str(p) for p in sorted(out.glob("*.prof"))])
+        stats.sort_stats("cumulative").print_stats(args.top)
+        measured.update(_cumulative(stats, args.top, len(walls)))
+    figures.write(args.json, figures.document("profile_run", args, machine, measured))
+
+
+def _cumulative(stats: pstats.Stats, top: int, runs: int) -> dict[str, float]:
+    """`profile_cumulative_ms_per_run.{file}:{line}({function})` of the `top` functions.
+
+    A file is named from the project's root, or from site-packages for a library.
+    """
+    rows = sorted(stats.stats.items(), key=lambda item: -item[1][3])[:top]
+    out = {}
+    for (path, line, function), (_cc, _nc, _tt, cumulative, _callers) in rows:
+        where = path.rpartition("site-packages/")[2]
+        if where == path and Path(path).is_relative_to(ROOT):
+            where = str(Path(path).relative_to(ROOT))
+        key = f"profile_cumulative_ms_per_run.{where}:{line}({function})"
+        out[key] = round(cumulative * 1000 / runs, 3)
+    return out
 
 
 if __name__ == "__main__":

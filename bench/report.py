@@ -1,4 +1,4 @@
-"""Turns the measurements of bench.run into figures, a table and targets."""
+"""Turns the measurements of bench.run into flat figures, a table and targets."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 1)
 
 
-def latencies(client: Client, ids: list[str], llm_latency: float) -> dict[str, Any]:
+def latencies(client: Client, ids: list[str], llm_latency: float, prefix: str) -> dict[str, Any]:
     """Push→callback latency, and the same minus the stand-in's time (AES overhead)."""
     total, overhead = [], []
     for run_id in ids:
@@ -26,7 +26,7 @@ def latencies(client: Client, ids: list[str], llm_latency: float) -> dict[str, A
     figures = {}
     for name, values in (("latency", total), ("overhead", overhead)):
         for p in (50, 95, 99):
-            figures[f"{name}_p{p}_ms"] = _ms(percentile(values, p))
+            figures[f"{prefix}_{name}_p{p}_ms"] = _ms(percentile(values, p))
     return figures
 
 
@@ -39,9 +39,10 @@ def statuses(client: Client, ids: list[str]) -> dict[str, int]:
     return counted
 
 
-def top(calls: dict[str, int], runs: int, n: int = 12) -> dict[str, float]:
-    ranked = sorted(calls.items(), key=lambda item: -item[1])[:n]
-    return {name: round(count / runs, 2) for name, count in ranked}
+def per(calls: dict[str, int], runs: int, prefix: str, digits: int = 2) -> dict[str, float]:
+    """`{prefix}.{name}`: each name's count per run, the most frequent first."""
+    ranked = sorted(calls.items(), key=lambda item: -item[1])
+    return {f"{prefix}.{name}": round(count / runs, digits) for name, count in ranked if count}
 
 
 def load_figures(load: dict[str, Any], client: Client, llm_latency: float) -> dict[str, Any]:
@@ -50,50 +51,51 @@ def load_figures(load: dict[str, Any], client: Client, llm_latency: float) -> di
     sql = merged(counts, "sql", AES_ROLES)
     aes_redis = merged(counts, "redis", AES_ROLES)
     peaks = load["peaks"]
-    slot = {
-        role: round(statistics.median(values), 1)
-        for role, values in peaks.uss_each.items()
-        if values
-    }
+    seconds = load["seconds"]
     figures: dict[str, Any] = {
-        "runs": load["runs"],
-        "callbacks": load["completed_callbacks"],
-        "seconds": round(load["seconds"], 2) if load["seconds"] else None,
-        "runs_per_second": round(runs / load["seconds"], 1) if load["seconds"] else None,
-        "statuses": statuses(client, load["ids"]),
-        **latencies(client, load["ids"], llm_latency),
-        "redis_commands_per_run": round(sum(load["redis_calls"].values()) / runs, 1),
-        "top_redis_commands_per_run": top(load["redis_calls"], runs),
-        "redis_commands_per_run_all": top(load["redis_calls"], runs, 100),
-        "redis_commands_sent_per_run_by_role_all": {
-            role: top(counts.get(role, {}).get("redis", {}), runs, 100) for role in AES_ROLES
-        },
-        "aes_redis_commands_sent_per_run": round(sum(aes_redis.values()) / runs, 1),
-        "aes_redis_roundtrips_per_run": round(
-            sum(merged(counts, "trips", AES_ROLES).values()) / runs, 1
-        ),
-        "redis_commands_sent_per_run_by_role": {
-            role: round(sum(counts.get(role, {}).get("redis", {}).values()) / runs, 1)
-            for role in AES_ROLES
-        },
-        "sql_per_run": round(sum(sql.values()) / runs, 2),
-        "sql_per_run_by_role": {
-            role: round(sum(counts.get(role, {}).get("sql", {}).values()) / runs, 2)
-            for role in AES_ROLES
-        },
-        "top_sql_per_run": top(sql, runs, 20),
-        "aes_cpu_ms_per_run": round(load["tree_cpu_seconds"] * 1000 / runs, 1),
-        "standins_cpu_ms_per_run": round(load["standins_cpu_seconds"] * 1000 / runs, 1),
-        "redis_server_cpu_ms_per_run": round(load["redis_cpu_seconds"] * 1000 / runs, 2),
-        "peak_rss_mib": round(peaks.rss_total, 1),
-        "peak_uss_mib": round(peaks.uss_total, 1),
-        "peak_pss_mib": round(peaks.pss_total, 1),
-        "pss_mib_per_worker_slot_median": _median(peaks.pss_per_slot),
-        "pss_mib_per_worker_slot_max": round(max(peaks.pss_per_slot, default=0), 1),
-        "peak_uss_mib_by_role": {k: round(v, 1) for k, v in peaks.uss_by_role.items()},
-        "median_uss_mib_per_process": slot,
-        "max_work_horses": peaks.horses_max,
+        "load_runs": load["runs"],
+        "load_callbacks": load["completed_callbacks"],
+        "load_all_answered": load["all_answered"],
+        "load_seconds": round(seconds, 2) if seconds else None,
+        "runs_per_second": round(runs / seconds, 1) if seconds else None,
     }
+    for status, n in sorted(statuses(client, load["ids"]).items()):
+        figures[f"callbacks_by_status.{status}"] = n
+    figures.update(latencies(client, load["ids"], llm_latency, "load"))
+    figures["load_redis_window_seconds"] = round(load["redis_window_seconds"], 2)
+    figures["redis_commands_per_run"] = round(sum(load["redis_calls"].values()) / runs, 1)
+    figures.update(per(load["redis_calls"], runs, "redis_commands_per_run"))
+    figures["aes_redis_commands_sent_per_run"] = round(sum(aes_redis.values()) / runs, 1)
+    figures["aes_redis_roundtrips_per_run"] = round(
+        sum(merged(counts, "trips", AES_ROLES).values()) / runs, 1
+    )
+    for role in AES_ROLES:
+        sent = counts.get(role, {}).get("redis", {})
+        figures[f"aes_redis_commands_sent_per_run_by_role.{role}"] = round(
+            sum(sent.values()) / runs, 1
+        )
+        figures.update(per(sent, runs, f"aes_redis_commands_sent_per_run_by_command.{role}"))
+    figures["sql_statements_per_run"] = round(sum(sql.values()) / runs, 2)
+    for role in AES_ROLES:
+        statements = counts.get(role, {}).get("sql", {})
+        figures[f"sql_statements_per_run_by_role.{role}"] = round(
+            sum(statements.values()) / runs, 2
+        )
+    figures.update(per(sql, runs, "sql_statements_per_run_by_shape"))
+    figures["aes_cpu_ms_per_run"] = round(load["tree_cpu_seconds"] * 1000 / runs, 1)
+    figures["standins_cpu_ms_per_run"] = round(load["standins_cpu_seconds"] * 1000 / runs, 1)
+    figures["redis_server_cpu_ms_per_run"] = round(load["redis_cpu_seconds"] * 1000 / runs, 2)
+    figures["worker_tree_peak_rss_mib"] = round(peaks.rss_total, 1)
+    figures["worker_tree_peak_uss_mib"] = round(peaks.uss_total, 1)
+    figures["worker_tree_peak_pss_mib"] = round(peaks.pss_total, 1)
+    figures["pss_mib_per_run_slot_median"] = _median(peaks.pss_per_slot)
+    figures["pss_mib_per_run_slot_max"] = round(max(peaks.pss_per_slot, default=0), 1)
+    for role, value in peaks.uss_by_role.items():
+        figures[f"peak_uss_mib_by_role.{role}"] = round(value, 1)
+    for role, values in peaks.uss_each.items():
+        if values:
+            figures[f"median_uss_mib_per_process.{role}"] = round(statistics.median(values), 1)
+    figures["work_horses_max"] = peaks.horses_max
     if peaks.horses_max:
         figures["peak_uss_mib_per_executing_run"] = round(peaks.uss_total / peaks.horses_max, 1)
     return figures
@@ -103,85 +105,141 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
 
-def targets(result: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
-    """(target, wanted, measured, met) for the issue's targets that this run measured."""
-    rows: list[tuple[str, str, str, bool | None]] = []
-    load, low, floor = result["load"], result.get("low_load"), result.get("floor")
-    instant = result["config"]["llm_latency"] == 0
-    if instant and floor:
-        share = load["runs_per_second"] / floor["jobs_per_second"]
-        rows.append(("throughput vs bare RQ", ">= 50%", f"{share:.0%}", share >= 0.5))
-        extra = load["redis_commands_per_run"] - floor["redis_commands_per_job"]
-        rows.append(("Redis commands beyond RQ's", "<= 20", f"{extra:.1f}", extra <= 20))
-    if instant and low:
-        p50 = low["overhead_p50_ms"]
-        rows.append(("overhead p50, low load", "<= 30 ms", f"{p50} ms", p50 <= 30))
-    rows.append(("SQL per run", "<= 8", f"{load['sql_per_run']}", load["sql_per_run"] <= 8))
-    if result["config"]["in_flight"]:
-        rate, errors = (
-            load["runs_per_second"],
-            sum(n for k, n in load["statuses"].items() if k != "completed"),
+def compared(figures: dict[str, Any]) -> dict[str, Any]:
+    """The AES against the floor, when both were measured."""
+    if "floor_jobs_per_second" not in figures or not figures.get("runs_per_second"):
+        return {}
+    extra = figures["redis_commands_per_run"] - figures["floor_redis_commands_per_job"]
+    return {
+        "throughput_share_of_floor": round(
+            figures["runs_per_second"] / figures["floor_jobs_per_second"], 3
+        ),
+        "redis_commands_beyond_floor_per_run": round(extra, 1),
+    }
+
+
+def other_clients(figures: dict[str, Any], rate: float) -> dict[str, Any]:
+    """The Redis counts less what other clients of a shared server sent in the same window.
+
+    INFO commandstats counts every client of the server; `rate` is the
+    commands per second the server ran while the bench had nothing running.
+    """
+    out: dict[str, Any] = {"redis_other_clients_commands_per_second": round(rate, 1)}
+    runs = figures.get("load_callbacks") or 0
+    if runs:
+        less = rate * figures["load_redis_window_seconds"] / runs
+        out["redis_commands_per_run_less_other_clients"] = round(
+            figures["redis_commands_per_run"] - less, 1
+        )
+    if "floor_jobs" in figures:
+        less = rate * figures["floor_redis_window_seconds"] / figures["floor_jobs"]
+        out["floor_redis_commands_per_job_less_other_clients"] = round(
+            figures["floor_redis_commands_per_job"] - less, 1
+        )
+        if runs:
+            out["redis_commands_beyond_floor_per_run_less_other_clients"] = round(
+                out["redis_commands_per_run_less_other_clients"]
+                - out["floor_redis_commands_per_job_less_other_clients"],
+                1,
+            )
+    return out
+
+
+def targets(figures: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """(name, wanted, measured, met) for the targets that this run measured."""
+    rows: list[tuple[str, str, str, bool]] = []
+    instant = figures["option_llm_latency"] == 0
+    if instant and "throughput_share_of_floor" in figures:
+        share = figures["throughput_share_of_floor"]
+        rows.append(("throughput_share_of_floor", ">= 0.5", f"{share:.2f}", share >= 0.5))
+        extra = figures["redis_commands_beyond_floor_per_run"]
+        rows.append(("redis_commands_beyond_floor_per_run", "<= 20", f"{extra}", extra <= 20))
+    if instant and figures.get("low_load_overhead_p50_ms") is not None:
+        p50 = figures["low_load_overhead_p50_ms"]
+        rows.append(("low_load_overhead_p50_ms", "<= 30", f"{p50}", p50 <= 30))
+    sql = figures["sql_statements_per_run"]
+    rows.append(("sql_statements_per_run", "<= 8", f"{sql}", sql <= 8))
+    if figures["option_in_flight"]:
+        rate = figures["runs_per_second"] or 0
+        errors = sum(
+            n
+            for k, n in figures.items()
+            if k.startswith("callbacks_by_status.") and k != "callbacks_by_status.completed"
         )
         rows.append(
             (
-                f"{result['config']['in_flight']} in flight",
-                ">= 90 runs/s, 0 errors",
-                f"{rate} runs/s, {errors} errors",
+                "runs_per_second_without_errors",
+                ">= 90, 0 errors",
+                f"{rate}, {errors} errors",
                 rate >= 90 and errors == 0,
             )
         )
-        per_run = load.get("pss_mib_per_worker_slot_max")
-        if per_run is not None:
-            rows.append(("PSS MiB per executing run", "<= 25", f"{per_run}", per_run <= 25))
+        per_slot = figures["pss_mib_per_run_slot_max"]
+        rows.append(("pss_mib_per_run_slot_max", "<= 25", f"{per_slot}", per_slot <= 25))
     return rows
 
 
-def table(result: dict[str, Any]) -> str:
-    load, low, floor, rt = (result.get(k) for k in ("load", "low_load", "floor", "roundtrip"))
+def target_figures(figures: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, wanted, _measured, met in targets(figures):
+        out[f"target_wanted.{name}"] = wanted
+        out[f"target_met.{name}"] = met
+    return out
+
+
+def table(figures: dict[str, Any]) -> str:
+    """The human summary of a bench.run document."""
+    f = figures.get
     lines = [f"{'figure':44} {'AES':>12} {'floor':>12} {'AES/floor':>10}"]
 
     def row(name: str, aes: Any, base: Any = None) -> None:
         ratio = f"{aes / base:.2f}" if isinstance(aes, int | float) and base else ""
         lines.append(f"{name:44} {aes!s:>12} {'' if base is None else base!s:>12} {ratio:>10}")
 
-    row(
-        "throughput (runs/s | no-op jobs/s)",
-        load["runs_per_second"],
-        floor and round(floor["jobs_per_second"], 1),
-    )
+    row("throughput (runs/s | no-op jobs/s)", f("runs_per_second"), f("floor_jobs_per_second"))
     row(
         "Redis commands per run (server) | per job",
-        load["redis_commands_per_run"],
-        floor and round(floor["redis_commands_per_job"], 1),
+        f("redis_commands_per_run"),
+        f("floor_redis_commands_per_job"),
     )
-    row("Redis commands sent by the AES per run", load["aes_redis_commands_sent_per_run"])
-    row("Redis round trips of the AES per run", load["aes_redis_roundtrips_per_run"])
-    row("SQL statements per run", load["sql_per_run"])
-    if low:
+    if "redis_commands_per_run_less_other_clients" in figures:
+        row(
+            "  less other clients' (estimate)",
+            f("redis_commands_per_run_less_other_clients"),
+            f("floor_redis_commands_per_job_less_other_clients"),
+        )
+    row("Redis commands sent by the AES per run", f("aes_redis_commands_sent_per_run"))
+    row("Redis round trips of the AES per run", f("aes_redis_roundtrips_per_run"))
+    row("SQL statements per run", f("sql_statements_per_run"))
+    if "low_load_latency_p50_ms" in figures:
         for p in (50, 95, 99):
-            row(f"low load: AES overhead p{p} (ms)", low[f"overhead_p{p}_ms"])
-        floor_latency = (floor or {}).get("low_load_latency_ms", {})
+            row(f"low load: AES overhead p{p} (ms)", f(f"low_load_overhead_p{p}_ms"))
         for p in (50, 95, 99):
             row(
                 f"low load: latency p{p} (ms) | job p{p}",
-                low[f"latency_p{p}_ms"],
-                floor_latency.get(f"p{p}"),
+                f(f"low_load_latency_p{p}_ms"),
+                f(f"floor_low_load_latency_p{p}_ms"),
             )
     for p in (50, 95, 99):
-        row(f"under load: latency p{p} (ms)", load[f"latency_p{p}_ms"])
-    row("AES CPU per run (ms)", load["aes_cpu_ms_per_run"])
-    row("stand-ins CPU per run (ms)", load["standins_cpu_ms_per_run"])
-    row("Redis server CPU per run (ms)", load["redis_server_cpu_ms_per_run"])
-    row("peak RSS of the worker tree (MiB)", load["peak_rss_mib"])
-    row("peak USS of the worker tree (MiB)", load["peak_uss_mib"])
-    row("peak PSS of the worker tree (MiB)", load["peak_pss_mib"])
-    row("PSS per run slot, median (MiB)", load["pss_mib_per_worker_slot_median"])
-    row("PSS per run slot, max (MiB)", load["pss_mib_per_worker_slot_max"])
-    if rt:
-        row("bare LPUSH+BRPOP pairs/s (one client)", "", round(rt["pairs_per_second"]))
-    lines.append(f"statuses: {load['statuses']}")
+        row(f"under load: latency p{p} (ms)", f(f"load_latency_p{p}_ms"))
+    row("AES CPU per run (ms)", f("aes_cpu_ms_per_run"))
+    row("stand-ins CPU per run (ms)", f("standins_cpu_ms_per_run"))
+    row("Redis server CPU per run (ms)", f("redis_server_cpu_ms_per_run"))
+    row("peak RSS of the worker tree (MiB)", f("worker_tree_peak_rss_mib"))
+    row("peak USS of the worker tree (MiB)", f("worker_tree_peak_uss_mib"))
+    row("peak PSS of the worker tree (MiB)", f("worker_tree_peak_pss_mib"))
+    row("PSS per run slot, median (MiB)", f("pss_mib_per_run_slot_median"))
+    row("PSS per run slot, max (MiB)", f("pss_mib_per_run_slot_max"))
+    if "lpush_brpop_pairs_per_second" in figures:
+        row("bare LPUSH+BRPOP pairs/s (one client)", "", f("lpush_brpop_pairs_per_second"))
+    by_status = {
+        k.removeprefix("callbacks_by_status."): v
+        for k, v in figures.items()
+        if k.startswith("callbacks_by_status.")
+    }
+    lines.append(f"callbacks by status: {by_status}")
     lines.append("")
-    lines.append(f"{'target':34} {'wanted':>24} {'measured':>24}  met")
-    for name, wanted, measured, met in targets(result):
-        lines.append(f"{name:34} {wanted:>24} {measured:>24}  {'yes' if met else 'NO'}")
+    lines.append(f"{'target':40} {'wanted':>18} {'measured':>20}  met")
+    for name, wanted, measured, met in targets(figures):
+        lines.append(f"{name:40} {wanted:>18} {measured:>20}  {'yes' if met else 'NO'}")
     return "\n".join(lines)

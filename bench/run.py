@@ -3,26 +3,24 @@
     pip install -r bench/requirements.txt   # once: the service's pins plus psutil
     python -m bench.run --runs 2000 --rq-workers 2 --llm-latency 0 \\
         --database-url postgres://postgres@127.0.0.1:5432/aesbench \\
-        --redis-url redis://127.0.0.1:6379/9 --flush --json /tmp/bench.json
+        --redis-url redis://127.0.0.1:6379/9 --flush
 
 Run from the project's root. Starts the LLM stand-in, the dev peers and
 `run_execution_worker` as child processes, warms up, measures sequential
 runs (low load) then `--runs` runs pushed at once (or `--in-flight K` at a
 time), then stops the service and measures bare RQ no-op jobs with as many
-workers, and a bare LPUSH/BRPOP round trip. Method and figures:
-docs/performance.md.
+workers, and a bare LPUSH/BRPOP round trip. Prints a summary and writes the
+raw figures as one flat JSON document (`--json`, by default
+bench/results/run.json). Method and figures: docs/performance.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
-from pathlib import Path
 
-from bench import floor, load, report
-from bench.common import prepare, redact
+from bench import figures, floor, load, report
+from bench.common import Env, other_clients_rate, prepare, redact
 from bench.pipeline import Client, Pipeline, agent_run
 
 
@@ -47,14 +45,14 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--database-url")
     parser.add_argument("--redis-url")
     parser.add_argument("--flush", action="store_true", help="empty the Redis database first")
-    parser.add_argument("--json", type=Path)
+    figures.add_json_option(parser, "run")
     args = parser.parse_args()
     if args.latency_runs is None:
         args.latency_runs = 100 if args.llm_latency == 0 else 20
     return args
 
 
-def seed_sessions(env, sessions: int, history: int) -> list[str]:
+def seed_sessions(env: Env, sessions: int, history: int) -> list[str]:
     """Give each session `history` messages in the CS stand-in's store."""
     ids = [f"bench-session-{i}" for i in range(sessions)]
     client = env.client()
@@ -73,6 +71,7 @@ def seed_sessions(env, sessions: int, history: int) -> list[str]:
 
 def main() -> None:
     args = parse()
+    machine = figures.machine()
     env = prepare(args.database_url, args.redis_url, flush=args.flush)
     args.tier = env.tier(args.tier)
     print(f"database {redact(env.database_url)}, Redis {redact(env.redis_url)}, logs {env.workdir}")
@@ -93,21 +92,18 @@ def main() -> None:
         runs_per_worker=args.runs_per_worker,
         llm_args=["--latency", str(args.llm_latency)],
     )
+    # On a shared server INFO commandstats also counts other clients' commands.
+    others = [other_clients_rate(env.client())]
     client = Client(env.redis_url)
-    # URLs stay out of the JSON: they may carry passwords.
-    hidden = {"database_url", "redis_url"}
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    result: dict = {"config": {k: v for k, v in config.items() if k not in hidden}}
-    # The machine is shared: the load average tells how much else was running.
-    result["loadavg_at_start"] = os.getloadavg()
+    measured: dict = {"low_load_runs": args.latency_runs}
     try:
         pipeline.start()
         print(f"service up: {args.rq_workers} RQ workers; warming up", flush=True)
         load.sequential(client, make, args.warmup, args.tier, timeout=120)
         ids = load.sequential(client, make, args.latency_runs, args.tier, timeout=120)
-        result["low_load"] = report.latencies(client, ids, args.llm_latency)
-        print(f"low load: {result['low_load']}", flush=True)
-        measured = load.under_load(
+        measured.update(report.latencies(client, ids, args.llm_latency, "low_load"))
+        print(f"low load: overhead p50 {measured['low_load_overhead_p50_ms']} ms", flush=True)
+        phase = load.under_load(
             env,
             pipeline,
             client,
@@ -117,34 +113,32 @@ def main() -> None:
             in_flight=args.in_flight,
             timeout=args.timeout,
         )
-        result["load"] = report.load_figures(measured, client, args.llm_latency)
-        print(f"under load: {result['load']['runs_per_second']} runs/s", flush=True)
+        measured.update(report.load_figures(phase, client, args.llm_latency))
+        print(f"under load: {measured['runs_per_second']} runs/s", flush=True)
     finally:
         client.close()
         pipeline.stop()
     if not args.no_floor:
-        time.sleep(1)
         threaded = args.runs_per_worker > 1
-        result["floor"] = floor.rq_noop(
-            env,
-            tier=args.tier,
-            workers=args.rq_workers,
-            jobs=args.runs,
-            worker_class="threads" if threaded else args.floor_class,
-            slots=args.runs_per_worker,
+        measured.update(
+            floor.rq_noop(
+                env,
+                tier=args.tier,
+                workers=args.rq_workers,
+                jobs=args.runs,
+                worker_class="threads" if threaded else args.floor_class,
+                slots=args.runs_per_worker,
+            )
         )
-        result["roundtrip"] = floor.lpush_brpop(env)
+        measured.update(floor.lpush_brpop(env))
     env.stop_children()
-    result["loadavg_at_end"] = os.getloadavg()
-    print(report.table(result))
-    print(f"load average at start {result['loadavg_at_start']}, at end {result['loadavg_at_end']}")
-    result["targets"] = [
-        {"target": t, "wanted": w, "measured": m, "met": ok}
-        for t, w, m, ok in report.targets(result)
-    ]
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2, default=str))
-        print(f"wrote {args.json}")
+    others.append(other_clients_rate(env.client()))
+    measured.update(report.compared(measured))
+    measured.update(report.other_clients(measured, sum(others) / len(others)))
+    body = figures.document("run", args, machine, measured)
+    body.update(report.target_figures(body))
+    print(report.table(body))
+    figures.write(args.json, body)
 
 
 if __name__ == "__main__":

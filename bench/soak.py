@@ -15,7 +15,8 @@ no horses, and a whole worker killed takes up to K runs with it. Then, after
 a bounded wait, checks the database and the callbacks: every pushed
 action_id has exactly one Execution, every Execution is final, every run got
 exactly one callback. Prints `lost=N duplicated=N stuck=N` and exits 1
-unless all three are 0.
+unless all three are 0; writes the figures as one flat JSON document
+(`--json`, by default bench/results/soak.json).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import sys
 import threading
 import time
 
+from bench import figures
 from bench.common import children_of, prepare, redact
 from bench.load import closed_loop
 from bench.pipeline import Client, Pipeline, agent_run
@@ -68,6 +70,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--database-url")
     parser.add_argument("--redis-url")
     parser.add_argument("--flush", action="store_true")
+    figures.add_json_option(parser, "soak")
     return parser.parse_args()
 
 
@@ -218,6 +221,7 @@ def check(client: Client, runs: list[dict]) -> dict:
 
 def main() -> None:
     args = parse()
+    machine = figures.machine()
     env = prepare(args.database_url, args.redis_url, flush=args.flush)
     args.tier = env.tier(args.tier)
     print(f"database {redact(env.database_url)}, Redis {redact(env.redis_url)}, logs {env.workdir}")
@@ -239,8 +243,9 @@ def main() -> None:
         closed_loop(client, runs, args.tier, args.in_flight, started + args.timeout)
         chaos.halt.set()
         chaos.join(timeout=180)
+        push_seconds = time.monotonic() - started
         print(
-            f"pushed {len(client.pushed_at)} runs in {time.monotonic() - started:.0f}s; "
+            f"pushed {len(client.pushed_at)} runs in {push_seconds:.0f}s; "
             f"killed {chaos.horses_killed} work-horses, {chaos.workers_killed} RQ workers "
             f"with their horse or runs, {chaos.service_kills} services "
             f"({chaos.errors} chaos errors)",
@@ -255,10 +260,28 @@ def main() -> None:
         client.close()
         pipeline.stop()
         env.stop_children()
-    print(f"runs={args.runs} seconds={time.monotonic() - started:.0f} dead_letters={dead}")
+    seconds = time.monotonic() - started
+    print(f"runs={args.runs} seconds={seconds:.0f} dead_letters={dead}")
     print(f"by status: {result['by_status']}")
     print(", ".join(f"{k}={v}" for k, v in result.items() if k != "by_status"))
     print(f"lost={result['lost']} duplicated={result['duplicated']} stuck={result['stuck']}")
+    measured = {
+        "runs_pushed": len(client.pushed_at),
+        "push_seconds": round(push_seconds, 1),
+        "soak_seconds": round(seconds, 1),
+        "work_horses_killed": chaos.horses_killed,
+        "rq_workers_killed": chaos.workers_killed,
+        "services_killed": chaos.service_kills,
+        "fault_injection_errors": chaos.errors,
+        "dead_letters": dead,
+        **{
+            (k if k.startswith("callbacks") else f"runs_{k}"): v
+            for k, v in result.items()
+            if k != "by_status"
+        },
+        **figures.flat("runs_by_status", result["by_status"]),
+    }
+    figures.write(args.json, figures.document("soak", args, machine, measured))
     sys.exit(0 if result["lost"] == result["duplicated"] == result["stuck"] == 0 else 1)
 
 

@@ -22,6 +22,7 @@ import json
 from bench import figures, floor, load, report
 from bench.common import Env, other_clients_rate, prepare, redact
 from bench.pipeline import Client, Pipeline, agent_run
+from standins.peers import conversation_key
 
 
 def parse() -> argparse.Namespace:
@@ -61,7 +62,7 @@ def seed_sessions(env: Env, sessions: int, history: int) -> list[str]:
             role = "user" if n % 2 == 0 else "assistant"
             text = f"{role} message {n} of the bench's conversation, about forty characters."
             client.rpush(
-                f"devpeers:conversation:{session}",
+                conversation_key(session),
                 json.dumps(
                     {"role": role, "content": text, "created_at": "2025-01-01T00:00:00+00:00"}
                 ),

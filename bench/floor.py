@@ -73,7 +73,6 @@ def rq_noop(
         poller = counting_client(env.redis_url)
         queue = Queue(tier, connection=enqueuer, serializer=JSONSerializer)
         ids = [str(uuid.uuid4()) for _ in range(jobs)]
-        window_start = time.monotonic()
         before = commandstats(poller)
         started = datetime.now(UTC)
         for job_id in ids:
@@ -95,7 +94,6 @@ def rq_noop(
         )
         own = dict(poller.sent)  # the bench's polling and INFO are not RQ's
         calls = diff(commandstats(poller), before)
-        window = time.monotonic() - window_start
         for name, n in own.items():
             calls[name] = calls.get(name, 0) - n
         ended = [
@@ -109,7 +107,6 @@ def rq_noop(
             "floor_jobs": jobs,
             "floor_seconds": round(seconds, 3),
             "floor_jobs_per_second": round(jobs / seconds, 1),
-            "floor_redis_window_seconds": round(window, 2),
             "floor_redis_commands_per_job": round(sum(calls.values()) / jobs, 2),
         }
         figures.update(_per(calls, jobs, "floor_redis_commands_per_job"))

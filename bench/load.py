@@ -63,7 +63,6 @@ def under_load(
     redis = counting_client(env.redis_url)  # its INFO calls are the bench's, not the AES's
     service_pid = pipeline.service.pid
     side = [pipeline.llm.pid, pipeline.peers.pid]
-    window_start = time.monotonic()
     before = {
         "calls": commandstats(redis),
         "counts": read_counts(env.count_dir),
@@ -86,7 +85,6 @@ def under_load(
     peaks = sampler.stop()
     own = dict(redis.sent)  # the INFO about to be sent is not in its own figures
     calls = diff(commandstats(redis), before["calls"])
-    window = time.monotonic() - window_start
     counts = counts_diff(read_counts(env.count_dir), before["counts"])
     for name, n in [*diff(client.sent(), before["sent"]).items(), *own.items()]:
         calls[name] = calls.get(name, 0) - n
@@ -104,7 +102,6 @@ def under_load(
         "seconds": (times[-1] - first_push) if times else None,
         "callback_times": times,
         "redis_calls": calls,
-        "redis_window_seconds": window,
         "counts": counts,
         "tree_cpu_seconds": tree_cpu - before["tree_cpu"],
         "standins_cpu_seconds": sum(process_cpu_seconds(p) for p in side) - before["side_cpu"],

@@ -135,7 +135,7 @@ def main() -> None:
     env.stop_children()
     others.append(other_clients_rate(env.client()))
     measured.update(report.compared(measured))
-    measured.update(report.other_clients(measured, sum(others) / len(others)))
+    measured.update(report.other_clients(sum(others) / len(others)))
     body = figures.document("run", args, machine, measured)
     body.update(report.target_figures(body))
     print(report.table(body))

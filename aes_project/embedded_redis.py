@@ -69,6 +69,25 @@ def _wait_until_listening(port: int, process: subprocess.Popen) -> bool:
     return False
 
 
+def server_command(binary: Path, port: int, workdir: str) -> list[str]:
+    """Return the command of a private, memory-only server on 127.0.0.1:`port`."""
+    return [
+        str(binary),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        workdir,
+        "--maxmemory-policy",
+        "noeviction",
+    ]
+
+
 def start() -> str:
     """Start a private server and return its URL; retried on a port clash."""
     binary = _binary()
@@ -76,21 +95,7 @@ def start() -> str:
     for _attempt in range(5):
         port = _free_port()
         process = processes.start(
-            [
-                str(binary),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-                "--maxmemory-policy",
-                "noeviction",
-            ],
+            server_command(binary, port, workdir),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             # Its own session: a Ctrl-C for the whole process group must not

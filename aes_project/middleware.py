@@ -9,7 +9,7 @@ from collections.abc import Callable
 from django.core.exceptions import TooManyFieldsSent
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from executions.errors import error_body
+from aes_project.errors import error_body
 from protocol.storable import UNSTORABLE
 
 # A NUL reaching a filter, a lookup or a session key is a 500 from
@@ -43,7 +43,7 @@ class RefuseUnstorableCharacters:
 
 
 def invalid_request(message: str) -> JsonResponse:
-    """Return a 400 with the API's error body (executions/errors.py)."""
+    """Return a 400 with the API's error body (aes_project/errors.py)."""
     return JsonResponse(error_body("INVALID_REQUEST", message), status=400)
 
 

@@ -144,7 +144,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # Connections a process keeps in a pool (PostgreSQL only; 0: none, each
 # thread keeps its own for DB_CONN_MAX_AGE seconds). run_execution_worker
 # sets it for its threaded workers, whose runs share a few connections and
-# hold one only while they write (workers/agent_run.py).
+# hold one only while they write (executions/agent/run.py).
 DB_POOL_SIZE = int(env_float("DB_POOL_SIZE", 0))
 if DB_POOL_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them instead
@@ -239,7 +239,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "executions.schema.ApiSchema",
-    "EXCEPTION_HANDLER": "executions.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "aes_project.errors.api_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["executions.throttles.PerCallerThrottle"],
     "DEFAULT_THROTTLE_RATES": {"caller": env_str("AES_API_RATE", "600/min")},
     # Never None, DRF's default, which trusts a client's own X-Forwarded-For.

@@ -2,8 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from aes_project.prometheus import metrics_view
-from executions.views import health, ready
+from aes_project.health import health, ready
+from executions.metrics_views import prometheus_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -12,5 +12,5 @@ urlpatterns = [
     path("api/", include("executions.urls")),
     path("health", health, name="health"),
     path("ready", ready, name="ready"),
-    path("metrics", metrics_view, name="prometheus-metrics"),
+    path("metrics", prometheus_view, name="prometheus-metrics"),
 ]

@@ -4,25 +4,16 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from executions import admin_metrics
-from executions.models import Execution, ExecutionStep
+from executions import metrics, outbox
+from executions.models import STEP_FIELDS, Execution, ExecutionStep
+from tiers import lookup
 
 
 class ExecutionStepInline(admin.TabularInline):
     model = ExecutionStep
     extra = 0
     can_delete = False
-    fields = (
-        "kind",
-        "name",
-        "input",
-        "output",
-        "error",
-        "prompt_tokens",
-        "completion_tokens",
-        "duration_ms",
-        "created_at",
-    )
+    fields = STEP_FIELDS
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None) -> bool:
@@ -68,7 +59,14 @@ class ExecutionAdmin(admin.ModelAdmin):
         return [path("metrics/", metrics, name="executions_metrics"), *super().get_urls()]
 
     def metrics_view(self, request):
-        context = admin_metrics.context(request, self.admin_site)
+        tiers = [tier.name for tier in lookup.tiers_by_priority()]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Execution metrics",
+            "day": metrics.last_day(),
+            "total": metrics.summary(),
+            "queues": metrics.queue_depths(tiers),
+        }
         return TemplateResponse(request, "admin/executions/metrics.html", context)
 
     def has_add_permission(self, request) -> bool:
@@ -82,10 +80,8 @@ class ExecutionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-send the callback of the selected executions")
     def resend_callback(self, request, queryset) -> None:
-        from workers.callbacks import deliver  # workers builds on executions, not the reverse
-
         sent = 0
         for execution in queryset.filter(callback__isnull=False):
-            deliver(execution, again=True)
+            outbox.deliver(execution, again=True)
             sent += 1
         self.message_user(request, f"Re-sent {sent} callback(s); runs still going have none yet.")

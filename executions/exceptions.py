@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from protocol.messages import FinalStatus
+
 
 class RunError(Exception):
     """A run ends with `status` and error `code`; the message is for people."""
 
     code = "INTERNAL"
-    status = "failed"
+    status: FinalStatus = "failed"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-        # What the run had produced when it stopped (an agent_loop.LoopResult).
+        # What the run had produced when it stopped (an executions.outcome.LoopResult).
         self.partial = None
 
 

@@ -10,8 +10,13 @@ from typing import Any
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
+from executions.outcome import Outcome
+from protocol.messages import FINAL_STATUSES, ErrorInfo, ExecutionCallback, ExecutionCallbackData
+
 
 class Status(models.TextChoices):
+    """Where a run is: queued, running, or one of the protocol's FINAL_STATUSES."""
+
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -32,11 +37,6 @@ def execution_id_for(tenant_id: str, action_id: str) -> uuid.UUID:
     """Return the id the Execution of the tenant's `action_id` has, or will have."""
     # A JSON pair: no choice of the two strings can spell another pair.
     return uuid.uuid5(EXECUTION_ID_NAMESPACE, json.dumps([tenant_id, action_id]))
-
-
-FINAL_STATUSES = frozenset(
-    {Status.COMPLETED, Status.FAILED, Status.TIMEOUT, Status.CANCELLED, Status.REJECTED}
-)
 
 
 class Execution(models.Model):
@@ -164,40 +164,45 @@ class Execution(models.Model):
             limits=limits,
         )
 
-    def finish(
-        self,
-        status: str,
-        callback: dict[str, Any],
-        *,
-        response: str | None = None,
-        error_code: str | None = None,
-        error_message: str | None = None,
-        iterations: int = 0,
-        usage: dict[str, int] | None = None,
-    ) -> bool:
-        """Record the final status and its callback; False if it had already ended.
+    def finish(self, outcome: Outcome) -> bool:
+        """Record how the run ended and the callback that says so; False if it had ended.
 
-        The callback is stored in the same UPDATE as the status, so whoever
-        wins the transition owns the one callback there will ever be.
+        The callback is built from the row as this UPDATE leaves it and
+        stored with the status, so whoever wins the transition owns the one
+        callback there will ever be (executions/outbox.py pushes it).
         """
-        assert status in FINAL_STATUSES, status
-        usage = usage or {}
-        now = timezone.now()
+        assert outcome.status in FINAL_STATUSES, outcome.status
+        result, now = outcome.result, timezone.now()
         begun = self.started_at or self.queued_at
-        return self._claim(
-            [Status.QUEUED, Status.RUNNING],
-            status=status,
-            response=response,
-            error_code=error_code,
-            error_message=error_message,
-            iterations=iterations,
-            prompt_tokens=usage.get("prompt_tokens", 0),
-            completion_tokens=usage.get("completion_tokens", 0),
-            total_tokens=usage.get("total_tokens", 0),
-            finished_at=now,
-            duration_ms=max(0, int((now - begun).total_seconds() * 1000)),
-            callback=callback,
+        ended = {
+            "status": outcome.status,
+            "response": result.response,
+            "error_code": outcome.error_code,
+            "error_message": outcome.error_message,
+            "iterations": result.iterations,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+            "finished_at": now,
+            "duration_ms": max(0, int((now - begun).total_seconds() * 1000)),
+        }
+        data = ExecutionCallbackData(
+            execution_id=str(self.id),
+            status=ended["status"],
+            agent_id=self.agent_id,
+            conversation_id=self.conversation_id,
+            response=ended["response"],
+            tool_calls=result.tool_calls,
+            sources=result.sources,
+            iterations=ended["iterations"],
+            usage=result.usage,
+            execution_time_ms=ended["duration_ms"],
+            error=ErrorInfo(code=outcome.error_code, message=outcome.error_message or "")
+            if outcome.error_code
+            else None,
         )
+        callback = ExecutionCallback.answering(self.request, self.tier, data).dump()
+        return self._claim([Status.QUEUED, Status.RUNNING], **ended, callback=callback)
 
     def mark_callback_sent(self) -> None:
         """Mark the stored callback as delivered to its queue."""
@@ -207,6 +212,20 @@ class Execution(models.Model):
     def add_step(self, kind: str, name: str, **fields: Any) -> ExecutionStep:
         """Record one LLM call or tool call of this execution."""
         return ExecutionStep.objects.create(execution=self, kind=kind, name=name, **fields)
+
+
+# The fields of a step that people read, in the admin and the API.
+STEP_FIELDS = (
+    "kind",
+    "name",
+    "input",
+    "output",
+    "error",
+    "prompt_tokens",
+    "completion_tokens",
+    "duration_ms",
+    "created_at",
+)
 
 
 class ExecutionStep(models.Model):

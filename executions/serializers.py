@@ -1,23 +1,12 @@
 from rest_framework import serializers
 
-from executions.models import Execution, ExecutionStep
+from executions.models import STEP_FIELDS, Execution, ExecutionStep
 
 
 class ExecutionStepSerializer(serializers.ModelSerializer):
     class Meta:
         model = ExecutionStep
-        fields = [
-            "id",
-            "kind",
-            "name",
-            "input",
-            "output",
-            "error",
-            "prompt_tokens",
-            "completion_tokens",
-            "duration_ms",
-            "created_at",
-        ]
+        fields = ["id", *STEP_FIELDS]
 
 
 class ExecutionSerializer(serializers.ModelSerializer):
@@ -66,27 +55,6 @@ class ExecutionDetailSerializer(ExecutionSerializer):
 
     class Meta(ExecutionSerializer.Meta):
         fields = [*ExecutionSerializer.Meta.fields, "limits", "steps"]
-
-
-class RunRequestSerializer(serializers.Serializer):
-    """A run to start: the `data` of execution.agent_run plus envelope fields.
-
-    A tenant token fixes tenant_id and tier; staff name them.
-    """
-
-    agent_id = serializers.CharField(max_length=255)
-    message = serializers.CharField()
-    message_type = serializers.CharField(required=False, default="text")
-    user_info = serializers.DictField(required=False)
-    conversation_id = serializers.CharField(max_length=255, required=False)
-    max_iterations = serializers.IntegerField(min_value=1, required=False)
-    timeout = serializers.IntegerField(min_value=1, required=False)
-    session_id = serializers.CharField(max_length=255, required=False, allow_null=True)
-    task_id = serializers.CharField(max_length=255, required=False)
-    callback_queue = serializers.CharField(max_length=512, required=False, allow_null=True)
-    metadata = serializers.DictField(required=False)
-    tenant_id = serializers.CharField(max_length=255, required=False, help_text="Staff only.")
-    tier = serializers.CharField(max_length=32, required=False, help_text="Staff only.")
 
 
 class RunAcceptedSerializer(serializers.Serializer):

@@ -5,11 +5,10 @@ from __future__ import annotations
 from datetime import UTC
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import connection
-from django.http import JsonResponse
 from django_filters import rest_framework as filters
 from django_filters.fields import IsoDateTimeField
 from drf_spectacular.utils import extend_schema
+from pydantic import ValidationError as PydanticValidationError
 from rest_framework import generics, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
@@ -17,7 +16,9 @@ from rest_framework.filters import OrderingFilter
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
-from executions.errors import error_body
+from aes_project.errors import error_body
+from executions import lifecycle
+from executions.admission import Refused
 from executions.models import Execution
 from executions.pagination import NewestFirst, OldestFirst
 from executions.permissions import StaffOrTenantToken, is_tenant
@@ -27,8 +28,8 @@ from executions.serializers import (
     ExecutionSerializer,
     ExecutionStepSerializer,
     RunAcceptedSerializer,
-    RunRequestSerializer,
 )
+from protocol.messages import RunRequest
 
 
 class UtcDateTimeField(IsoDateTimeField):
@@ -83,24 +84,19 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
     def get_serializer_class(self):
         return ExecutionDetailSerializer if self.action == "retrieve" else ExecutionSerializer
 
-    @extend_schema(request=RunRequestSerializer, responses={202: RunAcceptedSerializer})
+    @extend_schema(request=RunRequest, responses={202: RunAcceptedSerializer})
     def create(self, request):
         """Start a run through the tier's action list; poll the returned url."""
-        from workers.admission import Refused
-        from workers.submit import submit_agent_run
-
-        serializer = RunRequestSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        fields = dict(serializer.validated_data)
+        run = _run_request(request.data)
         if is_tenant(request):
             tenant_id, tier = request.user.tenant_id, request.user.tier
         else:
-            tenant_id, tier = fields.get("tenant_id"), fields.get("tier")
+            tenant_id, tier = run.tenant_id, run.tier
             if not tenant_id or not tier:
                 raise ValidationError({"tenant_id": "Staff must name tenant_id and tier."})
         try:
-            action_id, execution_id = submit_agent_run(
-                fields,
+            action_id, execution_id = lifecycle.submit(
+                run,
                 tenant_id=tenant_id,
                 tier=tier,
                 action_id=request.headers.get("Idempotency-Key"),
@@ -123,10 +119,8 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
     def cancel(self, request, pk=None):
         """Cancel a run: a queued one at once, a running one at its next step."""
-        from workers.cancellation import cancel
-
         execution = self.get_object()
-        if not cancel(execution):
+        if not lifecycle.cancel(execution):
             return Response(
                 {"error": {"code": "ALREADY_FINISHED", "message": "The run has ended."}},
                 status=status.HTTP_409_CONFLICT,
@@ -135,11 +129,23 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         return Response({"id": execution.id, "status": execution.status}, status=202)
 
 
+def _run_request(body: object) -> RunRequest:
+    """Return the POST body as a RunRequest, or raise a 400 naming each bad field."""
+    try:
+        return RunRequest.model_validate(body)
+    except PydanticValidationError as exc:
+        details: dict[str, list[str]] = {}
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "non_field_errors"
+            details.setdefault(field, []).append(error["msg"])
+        raise ValidationError(details) from None
+
+
 # Where a field of the queued message comes from in a POST.
 _REQUEST_FIELDS = {"tenant_tier": "tier", "action_id": "Idempotency-Key"}
 
 
-def _refused(refusal) -> Response:
+def _refused(refusal: Refused) -> Response:
     """Answer a run the consumer would refuse: 413 when too large, else 400 naming the field."""
     if refusal.code == "MESSAGE_TOO_LARGE":
         code, status_code = refusal.code, status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
@@ -169,31 +175,3 @@ class SessionExecutionsView(generics.ListAPIView):
         if not self.get_queryset().exists():
             raise NotFound("No executions in this session.")
         return super().list(request, *args, **kwargs)
-
-
-def health(request):
-    """Return 200 while the process serves requests (liveness)."""
-    return JsonResponse({"status": "ok"})
-
-
-def ready(request):
-    """Return 200 when the database and Redis answer, 503 otherwise (readiness)."""
-    from workers import redis_client
-
-    checks = {}
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"error: {type(exc).__name__}"
-    try:
-        redis_client.shared().ping()
-        checks["redis"] = "ok"
-    except Exception as exc:
-        checks["redis"] = f"error: {type(exc).__name__}"
-    healthy = all(value == "ok" for value in checks.values())
-    return JsonResponse(
-        {"status": "ok" if healthy else "unavailable", "checks": checks},
-        status=200 if healthy else 503,
-    )

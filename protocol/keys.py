@@ -13,6 +13,8 @@ DEAD_LETTER = "execution:dead_letter"
 CONSUMERS = "execution:consumers"  # set of consumer ids that may hold messages
 REAPER_LOCK = "execution:reaper:lock"
 METRICS_INDEX = "execution:metrics:index"  # set of the metrics hashes that exist
+# Followed by a message's SHA-1: how often dead consumers held that message.
+RECOVERED_PREFIX = "execution:recovered:"
 # Django's cache (API throttle counts) keeps its keys under this prefix.
 DJANGO_CACHE_PREFIX = "execution:cache"
 

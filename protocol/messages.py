@@ -8,18 +8,37 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# Action types the AES receives (§4, §6, §7).
 AGENT_RUN = "execution.agent_run"
 CANCEL = "execution.cancel"
 GET_AGENT_CONFIG = "execution.management.get_agent_config"
 GET_HISTORY = "execution.conversation.get_history"
 GET_CONTEXT = "execution.conversation.get_context"
-EXECUTION_CALLBACK = "execution.callback"
 EMBEDDING_CALLBACK = "embedding.callback"
 QUERY_CALLBACK = "query.callback"
+
+# Action types the AES sends (§4, §5, §7).
+EXECUTION_CALLBACK = "execution.callback"
+AMS_GET_AGENT_CONFIG = "management.get_agent_config"
+CS_GET_HISTORY = "conversation.get_history"
+CS_SAVE_MESSAGE = "conversation.save_message"
+ES_REQUEST = "embedding.request"
+QS_REQUEST = "query.request"
+
+# The peer services, as their action lists name them: `{service}:{tier}:actions`.
+MANAGEMENT = "management"
+CONVERSATION = "conversation"
+EMBEDDING = "embedding"
+QUERY = "query"
+
+
+# The statuses a run ends in, as its callback names them (§4).
+FinalStatus = Literal["completed", "failed", "timeout", "cancelled", "rejected"]
+FINAL_STATUSES: frozenset[str] = frozenset(get_args(FinalStatus))
 
 
 def new_id() -> str:
@@ -81,6 +100,27 @@ class AgentRunData(_Incoming):
     timeout: int | None = Field(default=None, ge=1)
 
 
+class RunRequest(AgentRunData):
+    """A run started through the REST API: the `data` of execution.agent_run and the
+    envelope fields a caller may set. A tenant token fixes tenant_id and tier; staff name them.
+    """
+
+    # No execution_context through the API, so the agent is named here.
+    agent_id: str = Field(min_length=1, max_length=255)
+    session_id: str | None = Field(default=None, max_length=255)
+    task_id: str | None = Field(default=None, min_length=1, max_length=255)
+    callback_queue: str | None = Field(default=None, max_length=512)
+    metadata: dict[str, Any] | None = None
+    tenant_id: str | None = Field(
+        default=None, min_length=1, max_length=255, description="Staff only."
+    )
+    tier: str | None = Field(default=None, min_length=1, max_length=32, description="Staff only.")
+
+    def run_data(self) -> dict[str, Any]:
+        """Return the fields that go in the message's `data`, as the caller set them."""
+        return self.model_dump(include=set(AgentRunData.model_fields), exclude_unset=True)
+
+
 class CancelData(_Incoming):
     """`data` of execution.cancel (§4)."""
 
@@ -105,6 +145,35 @@ class HistoryRequest(_Incoming):
 
 class ContextRequest(HistoryRequest):
     agent_id: str = Field(min_length=1)
+
+
+class SaveMessage(_Incoming):
+    """`data` of conversation.save_message, one message of a turn for CS (§5.2)."""
+
+    session_id: str
+    role: Literal["user", "assistant"]
+    content: str
+    message_type: str
+    agent_id: str
+    task_id: str
+    metadata: dict[str, Any]
+
+
+class EmbeddingRequest(_Incoming):
+    """`data` of embedding.request (§7)."""
+
+    texts: list[str]
+    model: str | None = None
+
+
+class QueryRequest(_Incoming):
+    """`data` of query.request (§7); `query_embedding` only for vector retrieval."""
+
+    query: str
+    collection_ids: list[str]
+    top_k: int
+    agent_description: str
+    query_embedding: list[float] | None = None
 
 
 class AgentConfig(BaseModel):
@@ -173,7 +242,7 @@ class ExecutionCallbackData(BaseModel):
     """`data` of execution.callback (§4)."""
 
     execution_id: str | None
-    status: Literal["completed", "failed", "timeout", "cancelled", "rejected"]
+    status: FinalStatus
     agent_id: str | None = None
     conversation_id: str | None = None
     response: str | None = None
@@ -185,34 +254,61 @@ class ExecutionCallbackData(BaseModel):
     error: ErrorInfo | None = None
 
 
-def outgoing(
-    action_type: str,
-    data: dict[str, Any],
-    *,
-    task_id: str,
-    tenant_id: str,
-    tenant_tier: str,
-    session_id: str | None,
-    correlation_id: str | None = None,
-    callback_queue: str | None = None,
-    metadata: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Return a DomainAction the AES sends, with a fresh action_id (§1)."""
-    message: dict[str, Any] = {
-        "action_id": new_id(),
-        "action_type": action_type,
-        "task_id": task_id,
-        "tenant_id": tenant_id,
-        "tenant_tier": tenant_tier,
-        "session_id": session_id,
-        "correlation_id": correlation_id,
-        "callback_queue": callback_queue,
-        "data": data,
-        "timestamp": now_iso(),
-    }
-    if metadata is not None:
-        message["metadata"] = metadata
-    return message
+class Envelope(BaseModel):
+    """A DomainAction the AES sends (§1): a fresh action_id and timestamp unless given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action_id: str = Field(default_factory=new_id)
+    action_type: str
+    task_id: str
+    tenant_id: str
+    tenant_tier: str | None
+    session_id: str | None = None
+    correlation_id: str | None = None
+    callback_queue: str | None = None
+    data: dict[str, Any]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    timestamp: str = Field(default_factory=now_iso)
+
+    def dump(self) -> dict[str, Any]:
+        """Return the message as the JSON-ready dict that goes on the wire."""
+        return self.model_dump(mode="json")
+
+
+class ExecutionCallback(Envelope):
+    """The one execution.callback of a run, or of a message refused before it was one (§4).
+
+    The envelope's identifying fields are echoed from the request as it came:
+    a refused request may hold anything there, and its sender matches on them.
+    """
+
+    action_type: Literal["execution.callback"] = EXECUTION_CALLBACK
+    # Stable across re-sends, for receivers to deduplicate.
+    event_id: str
+    task_id: Any = None
+    tenant_id: Any = None
+    session_id: Any = None
+    correlation_id: Any = None
+    metadata: Any = Field(default_factory=dict)
+
+    @classmethod
+    def answering(
+        cls, request: dict[str, Any], tier: str | None, data: ExecutionCallbackData
+    ) -> ExecutionCallback:
+        """Return the callback that answers `request` with `data`."""
+        event_id = new_id()
+        return cls(
+            action_id=event_id,
+            event_id=event_id,
+            task_id=request.get("task_id"),
+            tenant_id=request.get("tenant_id"),
+            tenant_tier=tier,
+            session_id=request.get("session_id"),
+            correlation_id=request.get("correlation_id"),
+            data=data.model_dump(mode="json"),
+            metadata=request.get("metadata") or {},
+        )
 
 
 def describe(error: ValidationError) -> str:

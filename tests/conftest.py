@@ -23,7 +23,7 @@ from rq import SimpleWorker
 from standins.llm import LLMStandin
 from standins.peers import DevPeers, load_fixture
 from tiers import lookup
-from workers import redis_client
+from aes_project import redis_clients
 from workers.consumer import Consumer
 
 TIERS = ["enterprise", "professional", "advance", "free"]
@@ -37,7 +37,7 @@ def fast_hasher(settings):
 @pytest.fixture(autouse=True)
 def redis() -> Iterator[Any]:
     """The real Redis of settings.REDIS_URL, flushed before and after each test."""
-    client = redis_client.shared()
+    client = redis_clients.shared()
     client.flushdb()
     lookup.clear()
     yield client
@@ -69,7 +69,7 @@ class PeersHandle:
     def __init__(self, silent: frozenset[str] = frozenset(), delay_seconds: float = 0.0) -> None:
         self.fixture = load_fixture()
         self.peers = DevPeers(
-            redis_client.shared(), TIERS, self.fixture, silent=silent, delay_seconds=delay_seconds
+            redis_clients.shared(), TIERS, self.fixture, silent=silent, delay_seconds=delay_seconds
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.peers.serve, args=(self._stop,), daemon=True)
@@ -138,7 +138,7 @@ def run_one(message: dict[str, Any], tier: str | None = None) -> Any:
 
 def push(message: dict[str, Any] | bytes | str, tier: str = "free") -> None:
     raw = json.dumps(message) if isinstance(message, dict) else message
-    redis_client.shared().lpush(f"execution:{tier}:actions", raw)
+    redis_clients.shared().lpush(f"execution:{tier}:actions", raw)
 
 
 def consume() -> Consumer:
@@ -177,13 +177,13 @@ def work() -> None:
 
 def callbacks(queue: str = "test:callbacks") -> list[dict[str, Any]]:
     """Return every callback pushed to `queue`, oldest first."""
-    return [json.loads(raw) for raw in reversed(redis_client.shared().lrange(queue, 0, -1))]
+    return [json.loads(raw) for raw in reversed(redis_clients.shared().lrange(queue, 0, -1))]
 
 
 def dead_letters() -> list[dict[str, Any]]:
     return [
         json.loads(raw)
-        for raw in reversed(redis_client.shared().lrange("execution:dead_letter", 0, -1))
+        for raw in reversed(redis_clients.shared().lrange("execution:dead_letter", 0, -1))
     ]
 
 

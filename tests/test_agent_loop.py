@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from executions.agent_loop import AgentLoop, Completion, ToolCall, ToolResult
+from executions.agent.loop import AgentLoop, Completion, ToolCall, ToolResult
 from executions.exceptions import ExecutionTimeout, MaxIterations, UpstreamError
 
 
@@ -56,7 +56,7 @@ def make_loop(model, tools=None, max_iterations=5, deadline=100.0, clock=lambda:
         tools=tools or {},
         max_iterations=max_iterations,
         deadline=deadline,
-        record=steps.append,
+        save_step=steps.append,
         clock=clock,
         **limits,
     )

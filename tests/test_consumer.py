@@ -33,11 +33,11 @@ def test_agent_run_becomes_a_queued_execution_with_a_json_job_carrying_only_its_
     queue = django_rq.get_queue("free")
     assert queue.job_ids == [str(execution.id)]
     job = queue.fetch_job(str(execution.id))
-    assert job.func_name == "workers.jobs.run_execution"
+    assert job.func_name == "executions.jobs.run_execution"
     assert job.args == [str(execution.id)]
     # Stored as (compressed) JSON, not a pickle.
     stored = json.loads(zlib.decompress(redis.hget(f"rq:job:{execution.id}", "data")))
-    assert stored[0] == "workers.jobs.run_execution"
+    assert stored[0] == "executions.jobs.run_execution"
     assert stored[2] == [str(execution.id)]
     assert redis.llen(keys.actions("free")) == 0
 

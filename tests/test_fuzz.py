@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from executions.models import Execution
 from tests.conftest import agent_run, consume, dead_letters, push
-from workers import redis_client
+from aes_project import redis_clients
 
 pytestmark = pytest.mark.django_db
 
@@ -53,7 +53,7 @@ messages = st.lists(
 )
 @given(batch=messages)
 def test_every_message_ends_as_an_execution_or_a_dead_letter(batch):
-    client = redis_client.shared()
+    client = redis_clients.shared()
     client.flushdb()
     Execution.objects.all().delete()
     for raw in batch:

@@ -7,7 +7,7 @@ import pytest
 from executions.models import Execution
 from tests.conftest import agent_run, callbacks, consume, push, run_one, work
 from tiers.models import Tier
-from workers import gates, jobs
+from executions import gates, lifecycle
 
 pytestmark = pytest.mark.django_db
 
@@ -104,7 +104,7 @@ def test_a_run_over_the_concurrency_limit_waits_for_a_slot_and_then_runs(peers, 
     assert len(llm.requests) == llm_calls_before
 
     # One holder ends; the waiting run is woken and completes.
-    jobs.close_abandoned(str(holders[0].id), "test: the holder ended")
+    lifecycle.close_abandoned(str(holders[0].id), "test: the holder ended")
     work()
     waiting.refresh_from_db()
     assert waiting.status == "completed"

@@ -12,7 +12,7 @@ from tests.conftest import agent_run, run_one
 
 
 def record(message: str) -> logging.LogRecord:
-    logger = logging.getLogger("workers.jobs")
+    logger = logging.getLogger("executions.jobs")
     return logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message, (), None)
 
 

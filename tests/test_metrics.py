@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import agent_run, run_one
-from workers import metrics
+from executions import metrics
 
 pytestmark = pytest.mark.django_db
 

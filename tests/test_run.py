@@ -187,7 +187,7 @@ def test_a_run_without_callback_queue_is_recorded_and_sends_nothing(peers, llm, 
 
 
 def test_a_redelivered_job_does_not_run_twice(peers, llm):
-    from workers.jobs import run_execution
+    from executions.jobs import run_execution
 
     execution, sent = run_one(agent_run())
     assert run_execution(str(execution.id)) == "completed"

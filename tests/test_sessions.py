@@ -6,8 +6,8 @@ import pytest
 
 from executions.models import Execution
 from tests.conftest import agent_run, consume, push, work
-from workers import gates
-from workers.jobs import run_execution
+from executions import gates
+from executions.jobs import run_execution
 
 pytestmark = pytest.mark.django_db
 

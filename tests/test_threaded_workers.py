@@ -14,7 +14,8 @@ from django.db import connection
 from executions.models import Execution
 from tests.conftest import agent_run, callbacks, consume, push, work
 from tests.test_processes import children, end, pid_alive, rq_worker_pids, start_service, wait_until
-from workers import redis_client, threaded
+from aes_project import redis_clients
+from workers import threaded
 from workers.threaded import SlotWorker, ThreadedHost, close_runs_of_dead_host
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
@@ -115,7 +116,7 @@ def test_runs_share_a_small_connection_pool_while_they_wait(peers, llm, redis):
 
 def _registered_slot(execution_id: str, pid: int):
     """An RQ slot registered in Redis as a dead process's, busy with the given job."""
-    slot = SlotWorker(["free"], connection=redis_client.shared())
+    slot = SlotWorker(["free"], connection=redis_clients.shared())
     slot.register_birth()
     slot.connection.hset(slot.key, "pid", pid)
     slot.set_current_job_id(execution_id)

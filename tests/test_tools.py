@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from executions.agent_loop import ToolResult
+from executions.agent.loop import ToolResult
 from protocol.messages import AgentConfig, DomainAction
 from tests.conftest import agent_run, callbacks, run_one
-from workers import tools
-from workers.peers import Caller, route_callback
+from executions.agent import tools
+from executions.agent.peers import Caller, route_peer_callback
 
 pytestmark = pytest.mark.django_db
 
@@ -107,7 +107,7 @@ def test_an_unmatched_callback_creates_no_key(redis):
             "data": {},
         }
     )
-    assert route_callback(callback, b"{}") == 0
+    assert route_peer_callback(callback, b"{}") == 0
     assert redis.keys("*") == []
 
 

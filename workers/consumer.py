@@ -20,11 +20,12 @@ import redis
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from aes_project import redis_clients
 from protocol import keys
 from protocol.messages import now_iso
 from tiers import lookup
-from workers import handlers, proxy, redis_client
-from workers.intake import ListIntake, Source, sources_for
+from workers import handlers, proxy
+from workers.intake import ListIntake, ServedList, served_lists
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,14 @@ SETTLE_SECONDS = 1.0
 MAX_REDELIVERIES = 3
 
 # Moves the newest held message back to the consuming end of its list. With
-# ARGV[1] > 0 it counts the message's recoveries (by content, for a day) and
-# dead-letters it instead once it has been recovered ARGV[1] times.
+# ARGV[1] > 0 it counts the message's recoveries (by content, for a day, in
+# the key ARGV[3] .. its SHA-1) and dead-letters it instead once it has been
+# recovered ARGV[1] times. KEYS: held list, its source list, the dead letters.
 _RECOVER = """
 local raw = redis.call('LPOP', KEYS[1])
 if not raw then return nil end
 if tonumber(ARGV[1]) > 0 then
-  local seen = 'execution:recovered:' .. redis.sha1hex(raw)
+  local seen = ARGV[3] .. redis.sha1hex(raw)
   local n = redis.call('INCR', seen)
   redis.call('EXPIRE', seen, 86400)
   if n > tonumber(ARGV[1]) then
@@ -62,15 +64,15 @@ class Consumer:
     def __init__(self, tiers: list[str] | None = None) -> None:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.tiers = tiers or [tier.name for tier in lookup.tiers_by_priority()]
-        self.sources = sources_for(self.tiers)
-        self.redis = redis_client.shared()
+        self.sources = served_lists(self.tiers)
+        self.redis = redis_clients.shared()
         self._ttl = settings.AES_CONSUMER_HEARTBEAT_TTL
         self._recover = self.redis.register_script(_RECOVER)
         self.stopping = threading.Event()
         self._wake = threading.Event()
-        self._intakes: dict[Source, ListIntake] = {}
+        self._intakes: dict[ServedList, ListIntake] = {}
         self._next_heartbeat = 0.0
-        self._retry: tuple[Source, bytes] | None = None
+        self._retry: tuple[ServedList, bytes] | None = None
         self._attempts = 0
         self.handled = 0
 
@@ -121,8 +123,8 @@ class Consumer:
             if source is None or raw is None:
                 return False
         try:
-            if source.is_callbacks:
-                handlers.handle_callback(source.tier, raw)
+            if source.is_peer_callbacks:
+                handlers.handle_peer_callback(source.tier, raw)
             else:
                 handlers.handle(source.tier, raw)
         except Exception as exc:
@@ -141,7 +143,7 @@ class Consumer:
         self.handled += 1
         return True
 
-    def _next(self) -> tuple[Source | None, bytes | None]:
+    def _next(self) -> tuple[ServedList | None, bytes | None]:
         if not self._intakes:  # burst mode: no threads, one look at each list
             for source in self.sources:
                 raw = self.redis.lmove(
@@ -202,7 +204,11 @@ class Consumer:
             while True:
                 moved = self._recover(
                     keys=[held, source.key, keys.DEAD_LETTER],
-                    args=[MAX_REDELIVERIES if count_deliveries else 0, now_iso()],
+                    args=[
+                        MAX_REDELIVERIES if count_deliveries else 0,
+                        now_iso(),
+                        keys.RECOVERED_PREFIX,
+                    ],
                 )
                 if moved is None:
                     break

@@ -16,7 +16,11 @@ from django.conf import settings
 from django.db import DataError
 from pydantic import ValidationError
 
-from executions.models import Execution, Status
+from aes_project import redis_clients
+from executions import admission, lifecycle, outbox
+from executions.admission import Refused
+from executions.agent import peers
+from executions.models import Execution
 from protocol import keys
 from protocol.messages import (
     AGENT_RUN,
@@ -29,8 +33,7 @@ from protocol.messages import (
     describe,
     now_iso,
 )
-from workers import admission, callbacks, cancellation, gates, jobs, peers, proxy, redis_client
-from workers.admission import Refused
+from workers import proxy
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ def handle(tier: str, raw: bytes) -> None:
         dead_letter(keys.actions(tier), raw, refusal.code, refusal.message)
 
 
-def handle_callback(tier: str, raw: bytes) -> None:
+def handle_peer_callback(tier: str, raw: bytes) -> None:
     """Hand an ES or QS callback to the run waiting for it, or drop it (§7)."""
     source = keys.callbacks(tier)
     if len(raw) > settings.AES_MAX_MESSAGE_BYTES:
@@ -74,7 +77,7 @@ def handle_callback(tier: str, raw: bytes) -> None:
     if callback.action_type not in (EMBEDDING_CALLBACK, QUERY_CALLBACK):
         dead_letter(source, raw, "INVALID_ACTION", f"unexpected {callback.action_type!r}")
         return
-    routed = peers.route_callback(callback, raw) if callback.correlation_id else 0
+    routed = peers.route_peer_callback(callback, raw) if callback.correlation_id else 0
     if routed == 0:
         log.info(
             "dropped %s for %s: no run waits for correlation_id %s",
@@ -109,7 +112,7 @@ def dead_letter(queue: str, raw: bytes, code: str, message: str) -> None:
         "queue": queue,
         "received_at": now_iso(),
     }
-    redis_client.shared().lpush(keys.DEAD_LETTER, json.dumps(entry))
+    redis_clients.shared().lpush(keys.DEAD_LETTER, json.dumps(entry))
     log.warning("dead-lettered a message from %s: %s %s", queue, code, message)
     request = _readable_object(raw)
     callback_queue = request.get("callback_queue") if request else None
@@ -123,7 +126,7 @@ def dead_letter(queue: str, raw: bytes, code: str, message: str) -> None:
         code, message = "INTERNAL", "the AES could not record the message"
     else:
         code = "INVALID_ACTION"
-    callbacks.reject_unrecorded(callback_queue, request, code, message)
+    outbox.reject(callback_queue, request, code, message)
 
 
 def _readable_object(raw: bytes) -> dict[str, Any] | None:
@@ -146,28 +149,7 @@ def _agent_run(tier: str, action: DomainAction, request: dict[str, Any]) -> None
             keys.actions(tier),
             tier,
         )
-    execution, created = Execution.record(
-        action.tenant_id,
-        action.action_id,
-        task_id=action.task_id,
-        tier=tier,
-        session_id=action.session_id,
-        correlation_id=action.correlation_id,
-        agent_id=run.agent_id,
-        conversation_id=run.data.conversation_id,
-        callback_queue=action.callback_queue,
-        message=run.data.message,
-        request=request,
-    )
-    if not created:
-        log.info("action %s seen before: execution %s", action.action_id, execution.id)
-    if execution.session_id:
-        # Runs of a session start in the order they were recorded.
-        gates.join_session(execution.tenant_id, execution.session_id, str(execution.id))
-    if created:
-        jobs.enqueue(execution, known_new=True)
-    elif execution.status == Status.QUEUED:
-        jobs.enqueue(execution)
+    lifecycle.accept(run, tier)
 
 
 def _cancel(tier: str, action: DomainAction, request: dict[str, Any]) -> None:
@@ -182,7 +164,7 @@ def _cancel(tier: str, action: DomainAction, request: dict[str, Any]) -> None:
     if data.task_id:
         runs = runs.filter(task_id=data.task_id)
     found = list(runs)
-    cancelled = [str(e.id) for e in found if cancellation.cancel(e)]
+    cancelled = [str(e.id) for e in found if lifecycle.cancel(e)]
     if not (action.correlation_id and action.callback_queue):
         return
     if cancelled:

@@ -22,39 +22,39 @@ from dataclasses import dataclass
 
 import redis
 
+from aes_project import redis_clients
 from protocol import keys
-from workers import redis_client
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Source:
+class ServedList:
     """One list the consumer serves: a tier's actions or its callbacks."""
 
     tier: str
     key: str
 
     @property
-    def is_callbacks(self) -> bool:
+    def is_peer_callbacks(self) -> bool:
         return self.key == keys.callbacks(self.tier)
 
 
-def sources_for(tiers: list[str]) -> list[Source]:
+def served_lists(tiers: list[str]) -> list[ServedList]:
     """Return the lists to serve, in priority order.
 
     Callbacks first: each one unblocks a run that is already under way and
     costs one Redis call; then the action lists, highest tier first.
     """
-    return [Source(t, keys.callbacks(t)) for t in tiers] + [
-        Source(t, keys.actions(t)) for t in tiers
+    return [ServedList(t, keys.callbacks(t)) for t in tiers] + [
+        ServedList(t, keys.actions(t)) for t in tiers
     ]
 
 
 class ListIntake(threading.Thread):
     """Holds at most one message moved from its list; takes the next once it is taken."""
 
-    def __init__(self, consumer_id: str, source: Source, wake: threading.Event) -> None:
+    def __init__(self, consumer_id: str, source: ServedList, wake: threading.Event) -> None:
         super().__init__(name=f"intake-{source.key}", daemon=True)
         self.source = source
         self.target = keys.processing(consumer_id, source.key)
@@ -66,7 +66,7 @@ class ListIntake(threading.Thread):
         self._held: bytes | None = None
         self._wake = wake
         self._lock = threading.Lock()
-        self._client = redis_client.blocking()
+        self._client = redis_clients.blocking()
         self._client_id: int | None = None
 
     @property

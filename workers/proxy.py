@@ -19,6 +19,8 @@ from django.conf import settings
 from django.db import close_old_connections
 from pydantic import ValidationError
 
+from aes_project import redis_clients
+from executions.agent import peers
 from executions.exceptions import RunError
 from protocol import keys
 from protocol.messages import (
@@ -35,7 +37,6 @@ from protocol.messages import (
 )
 from tiers import lookup
 from tiers.models import Tier
-from workers import peers, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ def reply(request: DomainAction, *, data: dict | None = None, error: ErrorInfo |
         data=data if error is None else {},
         error=error,
     )
-    redis_client.shared().eval(_REPLY, 1, queue, response.model_dump_json(), keys.REPLY_TTL_SECONDS)
+    redis_clients.shared().eval(
+        _REPLY, 1, queue, response.model_dump_json(), keys.REPLY_TTL_SECONDS
+    )
 
 
 def submit(tier: str, request: DomainAction) -> None:

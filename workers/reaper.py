@@ -29,9 +29,10 @@ from django.utils import timezone
 from rq.job import Job, JobStatus
 from rq.worker import Worker
 
+from aes_project import redis_clients
+from executions import lifecycle, outbox, queues
 from executions.models import Execution, Status
 from protocol import keys
-from workers import callbacks, jobs, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ _LIVE_JOB = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.
 
 def reap() -> dict[str, int]:
     """Run one pass if no other process is running one; return what it did."""
-    client = redis_client.shared()
+    client = redis_clients.shared()
     if not client.set(
         keys.REAPER_LOCK, "1", nx=True, ex=int(settings.AES_REAPER_INTERVAL_SECONDS * 4) + 1
     ):
@@ -62,12 +63,12 @@ def reap() -> dict[str, int]:
 def _requeue_lost_jobs() -> int:
     cutoff = timezone.now() - timedelta(seconds=QUEUED_GRACE_SECONDS)
     stale = list(Execution.objects.filter(status=Status.QUEUED, queued_at__lt=cutoff)[:BATCH])
-    client = redis_client.shared()
+    client = redis_clients.shared()
     # One pipelined read for the jobs, one for where they are.
     found = Job.fetch_many([str(e.id) for e in stale], connection=client)
     with client.pipeline(transaction=False) as pipeline:
         for execution, job in zip(stale, found, strict=True):
-            pipeline.lpos(jobs.tier_queue(execution.tier).key, str(execution.id))
+            pipeline.lpos(queues.tier_queue(execution.tier).key, str(execution.id))
             worker = job.worker_name if job is not None and job.worker_name else "-"
             pipeline.hmget(f"{Worker.redis_worker_namespace_prefix}{worker}", "hostname", "pid")
         replies = pipeline.execute()
@@ -75,7 +76,7 @@ def _requeue_lost_jobs() -> int:
     where = zip(replies[::2], replies[1::2], strict=True)  # (position, (hostname, pid))
     for execution, job, (position, (hostname, pid)) in zip(stale, found, where, strict=True):
         if _lost(job, position, hostname, pid):
-            jobs.enqueue(execution, wake=True)
+            queues.enqueue(execution, wake=True)
             count += 1
     if count:
         log.warning("reaper: enqueued %d queued run(s) whose job was gone", count)
@@ -120,7 +121,7 @@ def _close_abandoned_runs() -> int:
     for execution in Execution.objects.filter(status=Status.RUNNING, deadline_at__lt=cutoff)[
         :BATCH
     ]:
-        if jobs.close_abandoned(str(execution.id), "the worker running it was lost"):
+        if lifecycle.close_abandoned(str(execution.id), "the worker running it was lost"):
             count += 1
     if count:
         log.error("reaper: closed %d run(s) abandoned by a lost worker", count)
@@ -134,7 +135,7 @@ def _push_unsent_callbacks() -> int:
     )[:BATCH]
     count = 0
     for execution in unsent:
-        callbacks.deliver(execution)
+        outbox.deliver(execution)
         count += 1
     if count:
         log.warning("reaper: pushed %d callback(s) recorded but not sent", count)

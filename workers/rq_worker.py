@@ -13,17 +13,20 @@ from django.db import connections
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
+from executions.agent import llm
+from executions.lifecycle import close_abandoned
+
 # Imported here, in the worker process, so every forked work-horse starts with
 # the job module (and openai, pydantic, the models) already loaded.
+from executions.queues import RUN_JOB
 from tiers import lookup
-from workers.jobs import close_abandoned
 
 log = logging.getLogger(__name__)
 
 
 # The only job functions this service runs; anything else on its queues is
 # refused unread.
-ALLOWED_JOBS = frozenset({"workers.jobs.run_execution"})
+ALLOWED_JOBS = frozenset({RUN_JOB})
 
 
 class ExecutionJobs:
@@ -55,8 +58,6 @@ def warm() -> None:
     bench/profile_run.py --warm, 173 ms to 79 ms per run). No connection is
     opened here.
     """
-    from workers import llm
-
     llm.client()
     lookup.tiers_by_priority()
     connections.close_all()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +11,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from aes_project import processes
 from workers.threaded import close_runs_of_dead_host
 
 log = logging.getLogger(__name__)
@@ -21,15 +20,8 @@ log = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 30
 # Seconds between restarts of a worker that keeps dying.
 RESTART_BACKOFF_SECONDS = 2.0
-_PR_SET_PDEATHSIG = 1
 # Database connections a threaded worker process pools by default.
 THREADED_POOL_SIZE = 10
-
-
-def _die_with_parent() -> None:
-    # A worker whose supervisor was SIGKILLed gets SIGTERM: RQ's warm
-    # shutdown finishes the job in hand and exits, so no worker is orphaned.
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class WorkerPool:
@@ -77,9 +69,9 @@ class WorkerPool:
             self._spawn(slot)
 
     def _spawn(self, slot: int) -> None:
-        self.processes[slot] = subprocess.Popen(
-            self.command(), env=self.environment(), preexec_fn=_die_with_parent
-        )
+        # A worker whose supervisor was SIGKILLed gets SIGTERM: RQ's warm
+        # shutdown finishes the job in hand and exits, so no worker is orphaned.
+        self.processes[slot] = processes.start(self.command(), env=self.environment())
         log.info("started RQ worker pid %d", self.processes[slot].pid)
 
     def supervise(self) -> None:
@@ -111,13 +103,4 @@ class WorkerPool:
     def stop(self) -> None:
         """Warm-stop every worker (SIGTERM), then kill what is left after the grace period."""
         live = [p for p in self.processes if p is not None and p.poll() is None]
-        for process in live:
-            process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for process in live:
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("RQ worker pid %d did not stop in time; killing it", process.pid)
-                process.kill()
-                process.wait()
+        processes.stop_all(live, STOP_GRACE_SECONDS)

@@ -32,9 +32,9 @@ from rq.job import Job
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
+from aes_project import redis_clients
+from executions.lifecycle import close_abandoned
 from protocol import keys
-from workers import redis_client
-from workers.jobs import close_abandoned
 from workers.rq_worker import ExecutionJobs, warm
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class ThreadSlot(SimpleWorker):
 
     def subscribe(self) -> None:
         """No pub/sub thread and connection per slot: RQ's stop-job command is
-        not used here; runs are cancelled through workers/cancellation.py."""
+        not used here; runs are cancelled through executions/lifecycle.py."""
 
 
 class SlotWorker(ExecutionJobs, ThreadSlot):
@@ -77,7 +77,7 @@ class ThreadedHost:
         burst: bool = False,
         worker_class: type[ThreadSlot] = SlotWorker,
     ) -> None:
-        connection = redis_client.shared_blocking()
+        connection = redis_clients.shared_blocking()
         self.slots = [worker_class(queue_names, connection=connection) for _ in range(slots)]
         self.burst = burst
         self.stopping = threading.Event()
@@ -195,7 +195,7 @@ def close_runs_of_dead_host(pid: int) -> int:
     threaded workers: a forking worker's work-horse may outlive its worker
     and still finish its run.
     """
-    connection = redis_client.shared()
+    connection = redis_clients.shared()
     hostname = socket.gethostname()
     closed = 0
     for worker in SlotWorker.all(connection=connection):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workers.signals import on_stop_signals
+from aes_project.processes import on_stop_signals
 from workers.threaded import ThreadedHost
 
 

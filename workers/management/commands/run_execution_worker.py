@@ -12,11 +12,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
+from aes_project import redis_clients
+from aes_project.processes import on_stop_signals
 from protocol import keys
 from tiers import lookup
-from workers import reaper, redis_client
+from workers import reaper
 from workers.consumer import Consumer
-from workers.signals import on_stop_signals
 from workers.supervisor import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class Command(BaseCommand):
         # A socket timeout shorter than a blocking read's wait would raise
         # spurious TimeoutErrors and look like a dead Redis; none at all
         # could hang forever on a dead link.
-        timeout = redis_client.blocking().connection_pool.connection_kwargs.get("socket_timeout")
+        timeout = redis_clients.blocking().connection_pool.connection_kwargs.get("socket_timeout")
         if timeout is None or timeout <= keys.BLOCK_SECONDS:
             raise CommandError(
                 f"blocking Redis reads wait {keys.BLOCK_SECONDS}s but their socket "

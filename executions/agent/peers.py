@@ -11,17 +11,24 @@ import redis
 from django.conf import settings
 from pydantic import ValidationError
 
+from aes_project import redis_clients
 from executions.exceptions import AgentNotFound, UpstreamError, UpstreamTimeout
 from protocol import keys
 from protocol.messages import (
+    AMS_GET_AGENT_CONFIG,
+    CONVERSATION,
+    CS_GET_HISTORY,
+    CS_SAVE_MESSAGE,
+    MANAGEMENT,
     AgentConfig,
+    AgentConfigRequest,
     DomainAction,
     DomainActionResponse,
+    Envelope,
     HistoryMessage,
+    HistoryRequest,
     new_id,
-    outgoing,
 )
-from workers import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +43,16 @@ class Caller:
     session_id: str | None
 
     def message(self, action_type: str, data: dict, **extra) -> dict:
-        return outgoing(
-            action_type,
-            data,
+        """Return a request of this run to a peer service, ready for the wire."""
+        return Envelope(
+            action_type=action_type,
+            data=data,
             task_id=self.task_id,
             tenant_id=self.tenant_id,
             tenant_tier=self.tier,
             session_id=self.session_id,
             **extra,
-        )
+        ).dump()
 
 
 def wait_for(list_key: str, timeout: float) -> bytes | None:
@@ -53,7 +61,7 @@ def wait_for(list_key: str, timeout: float) -> bytes | None:
     Waits in slices of BLOCK_SECONDS so the socket timeout stays above every
     single blocking read, however long the whole wait is.
     """
-    client = redis_client.shared_blocking()
+    client = redis_clients.shared_blocking()
     deadline = time.monotonic() + timeout
     while (remaining := deadline - time.monotonic()) > 0:
         got = client.blpop([list_key], timeout=min(remaining, keys.BLOCK_SECONDS))
@@ -73,7 +81,7 @@ def request(caller: Caller, service: str, action_type: str, data: dict, timeout:
     message = caller.message(
         action_type, data, correlation_id=correlation_id, callback_queue=reply_list
     )
-    redis_client.shared().lpush(keys.peer_actions(service, caller.tier), json.dumps(message))
+    redis_clients.shared().lpush(keys.peer_actions(service, caller.tier), json.dumps(message))
     raw = wait_for(reply_list, timeout)
     if raw is None:
         raise UpstreamTimeout(f"{action_type}: no reply within {timeout:.1f}s")
@@ -98,7 +106,7 @@ def peer_timeout(deadline: float) -> float:
 def get_agent_config(caller: Caller, agent_id: str, ttl: int, deadline: float) -> AgentConfig:
     """Return the agent's configuration from the cache, or from AMS (§5.1)."""
     key = keys.agent_config(caller.tenant_id, agent_id)
-    cached = redis_client.shared().get(key)
+    cached = redis_clients.shared().get(key)
     if cached is not None:
         try:
             return AgentConfig.model_validate_json(cached)
@@ -107,9 +115,9 @@ def get_agent_config(caller: Caller, agent_id: str, ttl: int, deadline: float) -
     try:
         data = request(
             caller,
-            "management",
-            "management.get_agent_config",
-            {"agent_id": agent_id},
+            MANAGEMENT,
+            AMS_GET_AGENT_CONFIG,
+            AgentConfigRequest(agent_id=agent_id).model_dump(),
             peer_timeout(deadline),
         )
     except UpstreamError as exc:
@@ -120,7 +128,7 @@ def get_agent_config(caller: Caller, agent_id: str, ttl: int, deadline: float) -
         agent = AgentConfig.model_validate(data.get("agent"))
     except ValidationError:
         raise UpstreamError(f"AMS returned no valid agent for {agent_id!r}") from None
-    redis_client.shared().set(key, agent.model_dump_json(), ex=ttl)
+    redis_clients.shared().set(key, agent.model_dump_json(), ex=ttl)
     return agent
 
 
@@ -129,14 +137,14 @@ def get_history(
 ) -> list[HistoryMessage]:
     """Return the session's last `limit` messages, oldest first, cached (§5.2)."""
     key = keys.history(caller.tenant_id, session_id)
-    cached = redis_client.shared().get(key)
+    cached = redis_clients.shared().get(key)
     if cached is not None:
         return [HistoryMessage.model_validate(item) for item in json.loads(cached)][-limit:]
     data = request(
         caller,
-        "conversation",
-        "conversation.get_history",
-        {"session_id": session_id, "limit": limit},
+        CONVERSATION,
+        CS_GET_HISTORY,
+        HistoryRequest(session_id=session_id, limit=limit).model_dump(),
         peer_timeout(deadline),
     )
     try:
@@ -144,7 +152,7 @@ def get_history(
     except (ValidationError, TypeError):
         raise UpstreamError("CS returned malformed history") from None
     messages = messages[-limit:]
-    redis_client.shared().set(
+    redis_clients.shared().set(
         key, json.dumps([m.model_dump(exclude_none=True) for m in messages]), ex=ttl
     )
     return messages
@@ -157,7 +165,7 @@ def append_to_history(caller: Caller, session_id: str, messages: list[dict], lim
     overwritten with a stale copy; on a clash the cache is dropped instead.
     """
     key = keys.history(caller.tenant_id, session_id)
-    with redis_client.shared().pipeline(transaction=True) as pipe:
+    with redis_clients.shared().pipeline(transaction=True) as pipe:
         try:
             pipe.watch(key)
             cached = pipe.get(key)
@@ -168,19 +176,17 @@ def append_to_history(caller: Caller, session_id: str, messages: list[dict], lim
             pipe.set(key, json.dumps(history), keepttl=True)
             pipe.execute()
         except redis.WatchError:
-            redis_client.shared().delete(key)
+            redis_clients.shared().delete(key)
 
 
 def save_message(caller: Caller, message: dict, *, wait: bool, deadline: float) -> None:
     """Save one message to CS: waiting for its confirmation when `wait` is set (§5.2)."""
     if wait:
-        request(
-            caller, "conversation", "conversation.save_message", message, peer_timeout(deadline)
-        )
+        request(caller, CONVERSATION, CS_SAVE_MESSAGE, message, peer_timeout(deadline))
         return
-    redis_client.shared().lpush(
-        keys.peer_actions("conversation", caller.tier),
-        json.dumps(caller.message("conversation.save_message", message)),
+    redis_clients.shared().lpush(
+        keys.peer_actions(CONVERSATION, caller.tier),
+        json.dumps(caller.message(CS_SAVE_MESSAGE, message)),
     )
 
 
@@ -202,7 +208,7 @@ def _owner(tenant_id: str | None, task_id: str | None) -> str:
     return json.dumps([tenant_id, task_id])
 
 
-def route_callback(callback: DomainAction, raw: bytes) -> int:
+def route_peer_callback(callback: DomainAction, raw: bytes) -> int:
     """Hand an ES or QS callback to the run waiting on its correlation_id (§7).
 
     Return 1 when routed, 0 when no run waits for it, -1 when a run waits
@@ -210,7 +216,7 @@ def route_callback(callback: DomainAction, raw: bytes) -> int:
     """
     assert callback.correlation_id
     return int(
-        redis_client.shared().eval(
+        redis_clients.shared().eval(
             _ROUTE,
             2,
             keys.waiting(callback.correlation_id),
@@ -233,7 +239,7 @@ def call_async(caller: Caller, service: str, action_type: str, data: dict, timeo
         raise UpstreamTimeout(f"{action_type}: no time left to wait for an answer")
     correlation_id = new_id()
     waiting = keys.waiting(correlation_id)
-    client = redis_client.shared()
+    client = redis_clients.shared()
     message = caller.message(
         action_type,
         data,

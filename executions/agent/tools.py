@@ -15,10 +15,19 @@ from typing import Any
 from django.conf import settings
 from pydantic import ValidationError
 
-from executions.agent_loop import Step, ToolResult
+from executions.agent import peers
+from executions.agent.loop import Step, ToolResult
 from executions.exceptions import UpstreamError
-from protocol.messages import AgentConfig, Source
-from workers import peers
+from protocol.messages import (
+    EMBEDDING,
+    ES_REQUEST,
+    QS_REQUEST,
+    QUERY,
+    AgentConfig,
+    EmbeddingRequest,
+    QueryRequest,
+    Source,
+)
 
 # Results a knowledge search asks QS for.
 DEFAULT_TOP_K = 5
@@ -60,26 +69,30 @@ class KnowledgeSearch:
         if not isinstance(query, str) or not query.strip():
             raise UpstreamError("knowledge_search needs a non-empty 'query' string")
         agent, caller = self.context.agent, self.context.caller
-        request: dict[str, Any] = {
-            "query": query,
-            "collection_ids": self.context.collections,
-            "top_k": DEFAULT_TOP_K,
-            "agent_description": agent.name or agent.agent_id,
-        }
+        request = QueryRequest(
+            query=query,
+            collection_ids=self.context.collections,
+            top_k=DEFAULT_TOP_K,
+            agent_description=agent.name or agent.agent_id,
+        )
         if agent.retrieval_mode == "vector":
+            model = (agent.model_extra or {}).get("embedding_model")
+            embedding = EmbeddingRequest(
+                texts=[query], model=model if isinstance(model, str) else None
+            )
             embedded = peers.call_async(
-                caller,
-                "embedding",
-                "embedding.request",
-                {"texts": [query], "model": (agent.model_extra or {}).get("embedding_model")},
-                _tool_timeout(deadline),
+                caller, EMBEDDING, ES_REQUEST, embedding.model_dump(), _tool_timeout(deadline)
             )
             try:
-                request["query_embedding"] = embedded["embeddings"][0]
+                request.query_embedding = embedded["embeddings"][0]
             except (KeyError, IndexError, TypeError):
                 raise UpstreamError("ES answered without an embedding") from None
         answer = peers.call_async(
-            caller, "query", "query.request", request, _tool_timeout(deadline)
+            caller,
+            QUERY,
+            QS_REQUEST,
+            request.model_dump(exclude_none=True),
+            _tool_timeout(deadline),
         )
         try:
             sources = [Source.model_validate(item) for item in answer.get("results", [])]
@@ -109,23 +122,13 @@ def build(context: ToolContext, max_tools: int | None) -> tuple[dict[str, Any], 
     notes: list[Step] = []
     for name in dict.fromkeys(context.agent.tools):
         if name not in REGISTRY:
-            notes.append(
-                Step(
-                    kind="note",
-                    name="tool_skipped",
-                    input={"tool": name},
-                    error=f"unknown tool {name!r} left out",
-                )
-            )
+            notes.append(_skipped(name, f"unknown tool {name!r} left out"))
         elif max_tools is not None and len(tools) >= max_tools:
-            notes.append(
-                Step(
-                    kind="note",
-                    name="tool_skipped",
-                    input={"tool": name},
-                    error=f"tool {name!r} left out: the tier allows {max_tools}",
-                )
-            )
+            notes.append(_skipped(name, f"tool {name!r} left out: the tier allows {max_tools}"))
         else:
             tools[name] = REGISTRY[name](context)
     return tools, notes
+
+
+def _skipped(name: str, why: str) -> Step:
+    return Step(kind="note", name="tool_skipped", input={"tool": name}, error=why)

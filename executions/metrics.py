@@ -1,22 +1,27 @@
-"""Run counters in Redis per tier and tenant, updated once per run by the outbox.
+"""Run counters: in Redis per tier and tenant (all time), and from the rows (the last day).
 
 `execution:metrics:{tier}:{tenant}` is a hash: `status:{status}`,
 `duration_ms_sum`, `prompt_tokens`, `completion_tokens`, and duration buckets
 `in:{ms}` (each run counts once, in the smallest bucket that holds its
 duration; `read()` adds them up into cumulative Prometheus-style buckets).
 `execution:metrics:index` lists the hashes that exist. Every process and
-machine adds to the same counters; the outbox (workers/callbacks.py) adds a
+machine adds to the same counters; the outbox (executions/outbox.py) adds a
 run's increments in the same script that pushes its callback, so a run is
 counted exactly once, whether or not its callback could be pushed yet.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+from django.db.models import Count, Sum
+from django.utils import timezone
+
+from aes_project import redis_clients
 from executions.models import Execution
+from executions.queues import tier_queue
 from protocol import keys
-from workers import redis_client
 
 # Upper bounds of the duration buckets, in milliseconds.
 BUCKETS_MS = (100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000)
@@ -37,7 +42,7 @@ def increments(execution: Execution) -> list[tuple[str, int]]:
 
 def read(tier: str | None = None, tenant_id: str | None = None) -> list[dict[str, Any]]:
     """Return the counters, one entry per tier and tenant, optionally filtered."""
-    client = redis_client.shared()
+    client = redis_clients.shared()
     entries = []
     for raw_key in sorted(client.smembers(keys.METRICS_INDEX)):
         _, _, key_tier, key_tenant = raw_key.decode().split(":", 3)
@@ -122,9 +127,7 @@ def summary(tenant_id: str | None = None) -> dict[str, Any]:
 
 def queue_depths(tiers: list[str]) -> dict[str, dict[str, int]]:
     """Return, per tier, messages waiting for the consumer and jobs waiting for workers."""
-    from workers.jobs import tier_queue
-
-    client = redis_client.shared()
+    client = redis_clients.shared()
     with client.pipeline(transaction=False) as pipe:
         for tier in tiers:
             pipe.llen(keys.actions(tier))
@@ -132,4 +135,42 @@ def queue_depths(tiers: list[str]) -> dict[str, dict[str, int]]:
     return {
         tier: {"messages": messages, "jobs": tier_queue(tier).count}
         for tier, messages in zip(tiers, waiting, strict=True)
+    }
+
+
+# The admin's last 24 hours, read from the rows.
+WINDOW = timedelta(hours=24)
+# Durations read to compute percentiles; a busier day is sampled by recency.
+MAX_DURATIONS = 100_000
+
+
+def _percentile(values: list[int], q: float) -> int | None:
+    if not values:
+        return None
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def last_day() -> dict:
+    """Runs by tier and status, p50/p95 duration and tokens over the last 24 hours."""
+    since = timezone.now() - WINDOW
+    recent = Execution.objects.filter(queued_at__gte=since)
+    counts: dict[str, dict[str, int]] = {}
+    for row in recent.values("tier", "status").annotate(runs=Count("id")).order_by("tier"):
+        counts.setdefault(row["tier"], {})[row["status"]] = row["runs"]
+    durations = sorted(
+        recent.filter(duration_ms__isnull=False)
+        .order_by("-queued_at")
+        .values_list("duration_ms", flat=True)[:MAX_DURATIONS]
+    )
+    tokens = recent.aggregate(prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
+    statuses = sorted({status for row in counts.values() for status in row})
+    return {
+        "since": since,
+        "statuses": statuses,
+        "rows": [(tier, [row.get(s, 0) for s in statuses]) for tier, row in counts.items()],
+        "runs": sum(sum(row.values()) for row in counts.values()),
+        "p50": _percentile(durations, 0.50),
+        "p95": _percentile(durations, 0.95),
+        "prompt_tokens": tokens["prompt"] or 0,
+        "completion_tokens": tokens["completion"] or 0,
     }

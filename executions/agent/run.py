@@ -13,7 +13,9 @@ from django import db
 from django.conf import settings
 from rq.timeouts import JobTimeoutException
 
-from executions.agent_loop import AgentLoop, Step
+from executions import gates, lifecycle
+from executions.agent import llm, peers, tools
+from executions.agent.loop import AgentLoop, Step
 from executions.exceptions import (
     AgentInactive,
     ExecutionTimeout,
@@ -23,10 +25,10 @@ from executions.exceptions import (
     UpstreamTimeout,
 )
 from executions.models import Execution
-from protocol.messages import AgentConfig, AgentRunData
+from executions.outcome import LoopResult, Outcome
+from protocol.messages import AgentConfig, AgentRunData, SaveMessage
 from tiers import lookup
-from workers import cancellation, gates, llm, peers, tools
-from workers.callbacks import Outcome
+from tiers.models import Tier
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def run(execution: Execution) -> Outcome:
-    """Run a started execution and return how it ended; never raises."""
+def run(execution: Execution, tier: Tier) -> Outcome:
+    """Run a started execution of `tier` and return how it ended; never raises."""
     limits: dict[str, Any] = execution.limits
     data = AgentRunData.model_validate(execution.request["data"])
     timeout = (execution.deadline_at - execution.started_at).total_seconds()
@@ -46,7 +48,7 @@ def run(execution: Execution) -> Outcome:
         tier=execution.tier,
         session_id=execution.session_id,
     )
-    result = None
+    result: LoopResult | None = None
     release_connection()
     try:
         if not gates.within_rate(
@@ -59,7 +61,7 @@ def run(execution: Execution) -> Outcome:
         agent = peers.get_agent_config(
             caller, execution.agent_id, limits["agent_config_cache_ttl"], deadline
         )
-        _check_permissions(execution, agent)
+        _check_permissions(tier, agent)
         release_connection()  # the tier lookup may have taken one
         history = []
         if execution.session_id:
@@ -76,8 +78,8 @@ def run(execution: Execution) -> Outcome:
             limits["max_tools"],
         )
         for note in notes:
-            record(execution, note)
-        check_cancelled = cancellation.checker(str(execution.id))
+            save_step(execution, note)
+        check_cancelled = lifecycle.cancel_checker(str(execution.id))
         loop = AgentLoop(
             complete=_without_connection(
                 llm.completer(
@@ -89,7 +91,7 @@ def run(execution: Execution) -> Outcome:
             tools=toolset,
             max_iterations=min(limits["max_iterations"], data.max_iterations or math.inf),
             deadline=deadline,
-            record=lambda step: record(execution, step),
+            save_step=lambda step: save_step(execution, step),
             max_call_tokens=min(agent.max_tokens or limits["max_tokens"], limits["max_tokens"]),
             max_run_tokens=limits["max_tokens"],
             check_cancelled=check_cancelled,
@@ -98,46 +100,23 @@ def run(execution: Execution) -> Outcome:
         if settings.AES_LOG_CONTENT:
             log.info("message %r answered %r", data.message, result.response)
         _save_messages(execution, caller, data, result.response, limits, deadline)
-        return Outcome(
-            status="completed",
-            response=result.response,
-            iterations=result.iterations,
-            usage=result.usage,
-            tool_calls=result.tool_calls,
-            sources=result.sources,
-            agent_id=agent.agent_id,
-        )
+        return Outcome.completed(result)
     except (RunError, JobTimeoutException) as error:
         if isinstance(error, JobTimeoutException) or (
             isinstance(error, UpstreamTimeout) and time.monotonic() >= deadline
         ):
             error = ExecutionTimeout(f"the run's deadline of {timeout}s passed")
-        return _partial(error, error.partial or result)
+        return Outcome.from_error(error, error.partial or result)
     except Exception as exc:
         log.exception("execution %s crashed", execution.id)
-        return Outcome(status="failed", error_code="INTERNAL", error_message=type(exc).__name__)
+        return Outcome.internal(type(exc).__name__)
 
 
-def _partial(error: RunError, partial: Any) -> Outcome:
-    """Return the outcome of a stopped run, keeping what it had produced."""
-    if partial is None:
-        return Outcome.from_error(error)
-    return Outcome.from_error(
-        error,
-        response=partial.response,
-        iterations=partial.iterations,
-        usage=partial.usage,
-        tool_calls=partial.tool_calls,
-        sources=partial.sources,
-    )
-
-
-def _check_permissions(execution: Execution, agent: AgentConfig) -> None:
+def _check_permissions(tier: Tier, agent: AgentConfig) -> None:
     if not agent.is_active:
         raise AgentInactive(f"agent {agent.agent_id!r} is not active")
-    tenant_tier = lookup.get_tier(execution.tier)
     minimum = lookup.get_tier(agent.minimum_tier)
-    if minimum is None or tenant_tier is None or not tenant_tier.reaches(minimum):
+    if minimum is None or not tier.reaches(minimum):
         raise TierInsufficient(
             f"agent {agent.agent_id!r} needs tier {agent.minimum_tier!r} or higher"
         )
@@ -194,7 +173,7 @@ def _without_connection(call: Callable[P, R]) -> Callable[P, R]:
     return wrapped
 
 
-def record(execution: Execution, step: Step) -> None:
+def save_step(execution: Execution, step: Step) -> None:
     """Store one step of the loop as an ExecutionStep."""
     execution.add_step(
         step.kind,
@@ -223,15 +202,17 @@ def _save_messages(
     for role, content in (("user", data.message), ("assistant", response)):
         if content is None:
             continue
-        message = {
-            "session_id": execution.session_id,
-            "role": role,
-            "content": content,
-            "message_type": data.message_type,
-            "agent_id": execution.agent_id,
-            "task_id": execution.task_id,
-            "metadata": {"execution_id": str(execution.id)},
-        }
-        peers.save_message(caller, message, wait=limits["wait_for_persistence"], deadline=deadline)
+        message = SaveMessage(
+            session_id=execution.session_id,
+            role=role,
+            content=content,
+            message_type=data.message_type,
+            agent_id=execution.agent_id,
+            task_id=execution.task_id,
+            metadata={"execution_id": str(execution.id)},
+        )
+        peers.save_message(
+            caller, message.model_dump(), wait=limits["wait_for_persistence"], deadline=deadline
+        )
         saved.append({"role": role, "content": content})
     peers.append_to_history(caller, execution.session_id, saved, limits["max_history_messages"])

@@ -20,7 +20,7 @@ import openai
 from django.conf import settings
 from openai.types.chat import ChatCompletion
 
-from executions.agent_loop import Complete, Completion, ToolCall
+from executions.agent.loop import Complete, Completion, ToolCall
 from executions.exceptions import ExecutionTimeout, LLMError
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from executions.exceptions import Cancelled, ExecutionTimeout, MaxIterations, RunError
+from executions.outcome import LoopResult
 
 SUMMARY_CHARS = 200
 
@@ -63,24 +64,6 @@ class Step:
     duration_ms: int = 0
 
 
-@dataclass
-class LoopResult:
-    response: str | None = None
-    iterations: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
-    sources: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def usage(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
-
-
 # (messages, tool schemas, timeout seconds, max completion tokens) -> Completion
 Complete = Callable[[list[dict[str, Any]], list[dict[str, Any]], float, int | None], Completion]
 
@@ -91,7 +74,7 @@ class AgentLoop:
     tools: dict[str, Tool]
     max_iterations: int
     deadline: float  # on `clock`
-    record: Callable[[Step], None]
+    save_step: Callable[[Step], None]
     max_call_tokens: int | None = None  # completion tokens one call may spend
     max_run_tokens: int | None = None  # prompt plus completion tokens for the run
     # Raises Cancelled when the run was cancelled; checked before every step.
@@ -148,7 +131,7 @@ class AgentLoop:
         result.iterations += 1
         result.prompt_tokens += completion.prompt_tokens
         result.completion_tokens += completion.completion_tokens
-        self.record(
+        self.save_step(
             Step(
                 kind="llm",
                 name=f"llm_call_{result.iterations}",
@@ -205,7 +188,7 @@ class AgentLoop:
                 "duration_ms": duration,
             }
         )
-        self.record(
+        self.save_step(
             Step(
                 kind="tool",
                 name=call.name,

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import time
 
+from aes_project import redis_clients
 from protocol import keys
-from workers import redis_client
 
 # Seconds a slot outlives its run's deadline before it lapses on its own.
 SLOT_GRACE_SECONDS = 60
@@ -65,7 +65,7 @@ SESSION_ORDER_TTL_SECONDS = 24 * 3600
 
 def join_session(tenant_id: str, session_id: str, execution_id: str) -> None:
     """Put a run in its session's line (once, however often it is recorded)."""
-    redis_client.shared().eval(
+    redis_clients.shared().eval(
         _JOIN_SESSION,
         1,
         keys.session_order(tenant_id, session_id),
@@ -76,13 +76,13 @@ def join_session(tenant_id: str, session_id: str, execution_id: str) -> None:
 
 def session_head(tenant_id: str, session_id: str) -> str | None:
     """Return the execution id whose turn it is in the session, if any."""
-    head = redis_client.shared().lindex(keys.session_order(tenant_id, session_id), 0)
+    head = redis_clients.shared().lindex(keys.session_order(tenant_id, session_id), 0)
     return head.decode() if head is not None else None
 
 
 def leave_session(tenant_id: str, session_id: str, execution_id: str) -> str | None:
     """Take a run out of its session's line; return the id whose turn it is now."""
-    head = redis_client.shared().eval(
+    head = redis_clients.shared().eval(
         _LEAVE_SESSION, 1, keys.session_order(tenant_id, session_id), execution_id
     )
     return head.decode() if head is not None else None
@@ -94,7 +94,7 @@ def acquire_slot(tenant_id: str, execution_id: str, limit: int | None, hold_seco
         return True
     now = time.time()
     return bool(
-        redis_client.shared().eval(
+        redis_clients.shared().eval(
             _ACQUIRE_SLOT,
             2,
             keys.slots(tenant_id),
@@ -109,7 +109,7 @@ def acquire_slot(tenant_id: str, execution_id: str, limit: int | None, hold_seco
 
 def release_slot(tenant_id: str, execution_id: str) -> str | None:
     """Give back a slot (or a place in the waiting list); return the first waiter."""
-    head = redis_client.shared().eval(
+    head = redis_clients.shared().eval(
         _RELEASE_SLOT, 2, keys.slots(tenant_id), keys.slot_waiters(tenant_id), execution_id
     )
     return head.decode() if head is not None else None
@@ -146,7 +146,7 @@ def within_rate(
     if per_minute is None and per_day is None:
         return True
     return bool(
-        redis_client.shared().eval(
+        redis_clients.shared().eval(
             _RATE,
             2,
             keys.rate(tenant_id, "minute"),

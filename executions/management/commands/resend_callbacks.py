@@ -6,8 +6,8 @@ import uuid
 
 from django.core.management.base import BaseCommand, CommandError
 
+from executions import outbox
 from executions.models import Execution
-from workers import callbacks
 
 
 class Command(BaseCommand):
@@ -47,5 +47,5 @@ class Command(BaseCommand):
             if execution.callback is None:
                 self.stderr.write(f"{execution.id}: still {execution.status}, no callback yet")
                 continue
-            callbacks.deliver(execution, again=not undelivered)
+            outbox.deliver(execution, again=not undelivered)
             self.stdout.write(f"{execution.id}: pushed to {execution.callback_queue or '(none)'}")

@@ -21,6 +21,7 @@ from protocol import keys
 from protocol.messages import AgentRunData, DomainAction, describe
 from protocol.storable import UNSTORABLE
 from tiers import lookup
+from tiers.models import Tier
 
 # Levels of objects and arrays a message may nest (the envelope and `data`
 # use three; the rest is room for `metadata` and `user_info`).
@@ -45,6 +46,7 @@ class AgentRun:
     data: AgentRunData
     agent_id: str
     request: dict[str, Any]
+    tier: Tier
 
 
 def parse(raw: bytes) -> tuple[DomainAction, dict[str, Any]]:
@@ -92,11 +94,12 @@ def agent_run(action: DomainAction, request: dict[str, Any]) -> AgentRun:
             "data.agent_id or execution_context.primary_agent_id is required",
             "data.agent_id",
         )
-    if lookup.get_tier(action.tenant_tier) is None:
+    tier = lookup.get_tier(action.tenant_tier)
+    if tier is None:
         raise Refused(
             "INVALID_ACTION", f"unknown tenant_tier {action.tenant_tier!r}", "tenant_tier"
         )
-    return AgentRun(action, data, agent_id, request)
+    return AgentRun(action, data, agent_id, request, tier)
 
 
 def check_tenant_queue(queue: str | None, tenant_id: str) -> None:

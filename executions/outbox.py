@@ -1,0 +1,111 @@
+"""The outbox: a run's recorded callback pushed exactly once, and its counters added with it.
+
+The callback is stored in the row with the final status (Execution.finish);
+`deliver` pushes it later, from whoever ends the run, the reaper or an
+operator, exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import redis
+
+from aes_project import redis_clients
+from executions import metrics
+from executions.models import Execution
+from protocol import keys
+from protocol.messages import ErrorInfo, ExecutionCallback, ExecutionCallbackData
+
+log = logging.getLogger(__name__)
+
+
+# The outbox's one step in Redis, atomic: count the run in the metrics and
+# push its callback, each unless the run's outbox hash says it was done. A
+# crash between the push and marking the row sent does not send it twice; a
+# push that fails (the queue holds another type) leaves the run counted and
+# the push to be tried again, since its LPUSH error aborts nothing before it.
+# KEYS: outbox hash, metrics hash, metrics index[, callback queue].
+# ARGV: hash TTL, callback JSON, then metric field and amount pairs.
+_OUTBOX = """
+if redis.call('HSETNX', KEYS[1], 'counted', '1') == 1 then
+  redis.call('SADD', KEYS[3], KEYS[2])
+  for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if not KEYS[4] or redis.call('HEXISTS', KEYS[1], 'pushed') == 1 then return 0 end
+local pushed = redis.pcall('LPUSH', KEYS[4], ARGV[2])
+if type(pushed) == 'table' and pushed.err then return redis.error_reply(pushed.err) end
+redis.call('HSET', KEYS[1], 'pushed', '1')
+return 1
+"""
+# Seconds the outbox hash of a run is kept until its row says sent (a crash
+# in between leaves it for the reaper, however late it comes), and once it
+# does: long enough to outlast any deliverer that read the row before it was
+# marked (the reaper waits CALLBACK_GRACE_SECONDS, 10 s). At 100 runs/s,
+# hashes kept a week would hold ~6 GB of Redis; an hour, 37 MB.
+SENT_MARKER_TTL_SECONDS = 7 * 24 * 3600
+SENT_MARKER_KEPT_SECONDS = 3600
+
+
+def deliver(execution: Execution, *, again: bool = False) -> bool:
+    """Count the ended run, push its recorded callback, and mark it sent.
+
+    The outbox's second half: the callback was stored with the final status,
+    so it can be pushed later by anyone (the reaper, an operator) exactly
+    once; `again` re-sends it on purpose (same event_id, for receivers to
+    deduplicate). A run without a callback queue is counted and marked sent.
+    Return True when a message was pushed.
+    """
+    if execution.callback is None or (execution.callback_sent_at is not None and not again):
+        return False
+    marker = keys.outbox(str(execution.id))
+    client = redis_clients.shared()
+    if again:
+        client.hdel(marker, "pushed")
+    metric_keys = [marker, keys.metrics(execution.tier, execution.tenant_id), keys.METRICS_INDEX]
+    queue = [execution.callback_queue] if execution.callback_queue else []
+    amounts = [part for pair in metrics.increments(execution) for part in pair]
+    pushed = bool(
+        client.eval(
+            _OUTBOX,
+            len(metric_keys) + len(queue),
+            *metric_keys,
+            *queue,
+            SENT_MARKER_TTL_SECONDS,
+            json.dumps(execution.callback),
+            *amounts,
+        )
+    )
+    execution.mark_callback_sent()
+    try:
+        client.expire(marker, SENT_MARKER_KEPT_SECONDS)
+    except redis.RedisError as exc:
+        # Pushed and recorded: a marker that keeps its week costs only memory.
+        log.warning("callback marker of %s kept a week: %s", execution.id, exc)
+    return pushed
+
+
+def reject(queue: str, request: dict[str, Any], code: str, message: str) -> None:
+    """Send an error callback for a message that never became an Execution."""
+    data = request.get("data")
+    agent_id = data.get("agent_id") if isinstance(data, dict) else None
+    tier = request.get("tenant_tier")
+    callback = ExecutionCallback.answering(
+        request,
+        tier if isinstance(tier, str) else None,
+        ExecutionCallbackData(
+            execution_id=None,
+            status="rejected",
+            agent_id=_text_or_none(agent_id),
+            error=ErrorInfo(code=code, message=message),
+        ),
+    )
+    redis_clients.shared().lpush(queue, json.dumps(callback.dump()))
+
+
+def _text_or_none(value: Any) -> str | None:
+    # A refused message may hold anything where a string belongs.
+    return value if isinstance(value, str) else None

@@ -20,10 +20,10 @@ from django.conf import settings
 from django.db import connection
 from rq import SimpleWorker
 
+from aes_project import redis_clients
 from standins.llm import LLMStandin
 from standins.peers import DevPeers, load_fixture
 from tiers import lookup
-from aes_project import redis_clients
 from workers.consumer import Consumer
 
 TIERS = ["enterprise", "professional", "advance", "free"]

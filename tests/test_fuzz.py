@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aes_project import redis_clients
 from executions.models import Execution
 from tests.conftest import agent_run, consume, dead_letters, push
-from aes_project import redis_clients
 
 pytestmark = pytest.mark.django_db
 

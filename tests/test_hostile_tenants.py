@@ -9,13 +9,13 @@ import uuid
 
 import pytest
 
+from executions import metrics
+from executions.agent import peers
+from executions.agent.run import USER_INFO_NOTE
 from executions.models import EXECUTION_ID_NAMESPACE, Execution
 from tests.conftest import agent_run, callbacks, consume, dead_letters, push, run_one, work
 from tokens.models import ApiToken
-from executions import metrics
-from executions.agent import peers
 from workers import handlers, reaper
-from executions.agent.run import USER_INFO_NOTE
 
 pytestmark = pytest.mark.django_db
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from executions import gates, lifecycle
 from executions.models import Execution
 from tests.conftest import agent_run, callbacks, consume, push, run_one, work
 from tiers.models import Tier
-from executions import gates, lifecycle
 
 pytestmark = pytest.mark.django_db
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import agent_run, run_one
 from executions import metrics
+from tests.conftest import agent_run, run_one
 
 pytestmark = pytest.mark.django_db
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from executions.models import Execution
-from tests.conftest import agent_run, consume, push, work
 from executions import gates
 from executions.jobs import run_execution
+from executions.models import Execution
+from tests.conftest import agent_run, consume, push, work
 
 pytestmark = pytest.mark.django_db
 

@@ -11,10 +11,10 @@ from contextlib import contextmanager
 import pytest
 from django.db import connection
 
+from aes_project import redis_clients
 from executions.models import Execution
 from tests.conftest import agent_run, callbacks, consume, push, work
 from tests.test_processes import children, end, pid_alive, rq_worker_pids, start_service, wait_until
-from aes_project import redis_clients
 from workers import threaded
 from workers.threaded import SlotWorker, ThreadedHost, close_runs_of_dead_host
 

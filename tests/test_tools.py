@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from executions.agent import tools
 from executions.agent.loop import ToolResult
+from executions.agent.peers import Caller, route_peer_callback
 from protocol.messages import AgentConfig, DomainAction
 from tests.conftest import agent_run, callbacks, run_one
-from executions.agent import tools
-from executions.agent.peers import Caller, route_peer_callback
 
 pytestmark = pytest.mark.django_db
 

@@ -262,6 +262,9 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Agent Execution Service API",
     "DESCRIPTION": "Start, follow and cancel agent runs. See docs/api.md.",
     "VERSION": "1.0.0",
+    # 3.1: JSON Schema proper, so the pydantic-described RunRequest (null for
+    # "not given") is valid as it is.
+    "OAS_VERSION": "3.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -9,7 +9,8 @@ from rest_framework import serializers
 class ErrorDetailSerializer(serializers.Serializer):
     code = serializers.CharField(help_text="Stable UPPER_SNAKE code, e.g. NOT_FOUND.")
     message = serializers.CharField()
-    details = serializers.JSONField(allow_null=True, help_text="Field errors, for INVALID.")
+    # Any JSON value, null included: field errors for INVALID, else null.
+    details = serializers.JSONField(help_text="Field errors, for INVALID; else null.")
 
 
 class ErrorSerializer(serializers.Serializer):

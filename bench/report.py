@@ -136,7 +136,7 @@ def targets(figures: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     instant = figures["option_llm_latency"] == 0
     if instant and "throughput_share_of_floor" in figures:
         share = figures["throughput_share_of_floor"]
-        rows.append(("throughput_share_of_floor", ">= 0.5", f"{share:.2f}", share >= 0.5))
+        rows.append(("throughput_share_of_floor", ">= 0.5", f"{share:.3f}", share >= 0.5))
         extra = figures["redis_commands_beyond_floor_per_run"]
         rows.append(("redis_commands_beyond_floor_per_run", "<= 20", f"{extra}", extra <= 20))
     if instant and figures.get("low_load_overhead_p50_ms") is not None:

@@ -44,7 +44,9 @@ def cpu_ms_per_call(call, calls: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.llm_client", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--messages", type=int, nargs="+", default=[2, 10, 40, 100])
     figures.add_json_option(parser, "llm_client")

@@ -43,7 +43,9 @@ class FaultyLLM(LLMStandin):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.llm_server", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--error-rate", type=float, default=0.0)

@@ -36,7 +36,9 @@ from standins.peers import DevPeers, load_fixture
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.profile_run", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--agent", default="plain-bot")
     parser.add_argument("--tier", help="a tier of the Tier table (default: the one served first)")

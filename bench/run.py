@@ -26,7 +26,9 @@ from standins.peers import conversation_key
 
 
 def parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--runs", type=int, default=2000, help="runs measured under load")
     parser.add_argument("--rq-workers", type=int, default=2)
     parser.add_argument(

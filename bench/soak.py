@@ -44,7 +44,9 @@ QUICK_RECOVERY = {
 
 
 def parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.soak", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--rq-workers", type=int, default=4)
     parser.add_argument(

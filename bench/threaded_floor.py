@@ -20,7 +20,9 @@ from aes_project import processes
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.threaded_floor", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("queues", nargs="+")
     parser.add_argument("--slots", type=int, required=True)
     args = parser.parse_args()

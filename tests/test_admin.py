@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import agent_run, run_one
+from tests.helpers import agent_run, run_one
 
 pytestmark = pytest.mark.django_db
 

@@ -9,6 +9,8 @@ import pytest
 from executions.agent.loop import AgentLoop, Completion, ToolCall, ToolResult
 from executions.exceptions import ExecutionTimeout, MaxIterations, UpstreamError
 
+pytestmark = pytest.mark.django_free
+
 
 class ScriptedModel:
     def __init__(self, *answers: Completion) -> None:

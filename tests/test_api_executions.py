@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import uuid
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from django.urls import reverse
 from django.utils import timezone
 
 from executions.models import Execution, Status
+from tests.helpers import make_execution
 from tiers.models import Tier
 
 pytestmark = pytest.mark.django_db
@@ -21,26 +21,6 @@ LIST_URL = "/api/executions/"
 
 def detail_url(execution: Execution | str) -> str:
     return f"/api/executions/{getattr(execution, 'pk', execution)}/"
-
-
-def make_execution(**fields: Any) -> Execution:
-    """Record one execution as the consumer would, with overridable fields."""
-    action_id = fields.pop("action_id", f"action-{uuid.uuid4().hex}")
-    values: dict[str, Any] = {
-        "task_id": f"task-{uuid.uuid4().hex[:8]}",
-        "tenant_id": "tenant-a",
-        "tier": "free",
-        "agent_id": "plain-bot",
-        "message": "Hello there",
-        "request": {},
-        "status": Status.QUEUED,
-        "queued_at": timezone.now(),
-    }
-    values.update(fields)
-    tenant_id = values.pop("tenant_id")
-    execution, created = Execution.record(tenant_id, action_id, **values)
-    assert created
-    return execution
 
 
 def basic_auth(username: str, password: str) -> str:

@@ -12,7 +12,7 @@ from django.core.management.base import CommandError
 
 from executions.models import Execution
 from executions.throttles import PerCallerThrottle
-from tests.conftest import agent_run, consume, push, run_one, work
+from tests.helpers import agent_run, consume, push, run_one, work
 from tokens.models import ApiToken
 
 pytestmark = pytest.mark.django_db

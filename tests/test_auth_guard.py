@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import base64
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from django.test import Client
 
-from tests.conftest import subprocess_env
+from tests.helpers import python, subprocess_env
 from tokens.models import ApiToken
 
 pytestmark = pytest.mark.django_db
 
-PROJECT = Path(__file__).resolve().parent.parent
 ROUTE = "/api/executions/"
 
 
@@ -222,13 +219,8 @@ print(settings.AES_AUTH_FAILURE_RATE, settings.REST_FRAMEWORK["NUM_PROXIES"],
 
 
 def run_settings(**env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", SHOW_SETTINGS],
-        cwd=PROJECT,
-        env=subprocess_env(DJANGO_SETTINGS_MODULE="aes_project.settings", **env),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    return python(
+        SHOW_SETTINGS, subprocess_env(DJANGO_SETTINGS_MODULE="aes_project.settings", **env)
     )
 
 

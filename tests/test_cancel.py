@@ -9,13 +9,15 @@ import uuid
 import pytest
 
 from executions.models import Execution
-from tests.conftest import agent_run, callbacks, consume, push, wait_for, work
+from protocol import keys
+from protocol.messages import CANCEL
+from tests.helpers import agent_run, callbacks, consume, push, wait_for, work
 
 
 def cancel_message(tenant_id: str = "tenant-a", **data) -> dict:
     return {
         "action_id": str(uuid.uuid4()),
-        "action_type": "execution.cancel",
+        "action_type": CANCEL,
         "task_id": "canceller",
         "tenant_id": tenant_id,
         "tenant_tier": "free",
@@ -85,7 +87,7 @@ def test_a_tenant_cannot_cancel_another_tenants_run(redis):
 def test_a_cancel_without_a_target_is_dead_lettered(redis):
     push(cancel_message())
     consume()
-    letter = json.loads(redis.rpop("execution:dead_letter"))
+    letter = json.loads(redis.rpop(keys.DEAD_LETTER))
     assert "execution_id or task_id is required" in letter["error"]["message"]
 
 

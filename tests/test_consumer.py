@@ -7,10 +7,11 @@ import zlib
 
 import django_rq
 import pytest
+from rq.job import Job
 
 from executions.models import Execution
 from protocol import keys
-from tests.conftest import agent_run, callbacks, consume, dead_letters, push, work
+from tests.helpers import agent_run, callbacks, consume, dead_letters, push, tier_names, work
 from workers.consumer import Consumer
 
 pytestmark = pytest.mark.django_db
@@ -36,7 +37,7 @@ def test_agent_run_becomes_a_queued_execution_with_a_json_job_carrying_only_its_
     assert job.func_name == "executions.jobs.run_execution"
     assert job.args == [str(execution.id)]
     # Stored as (compressed) JSON, not a pickle.
-    stored = json.loads(zlib.decompress(redis.hget(f"rq:job:{execution.id}", "data")))
+    stored = json.loads(zlib.decompress(redis.hget(Job.key_for(str(execution.id)), "data")))
     assert stored[0] == "executions.jobs.run_execution"
     assert stored[2] == [str(execution.id)]
     assert redis.llen(keys.actions("free")) == 0
@@ -117,7 +118,7 @@ def test_invalid_messages_are_dead_lettered_and_the_consumer_goes_on(raw):
 
     letters = dead_letters()
     assert len(letters) == 1
-    assert letters[0]["queue"] == "execution:free:actions"
+    assert letters[0]["queue"] == keys.actions("free")
     assert letters[0]["error"]["code"] == "INVALID_ACTION"
     assert letters[0]["error"]["message"]
     assert letters[0]["raw"] == raw.decode("utf-8", errors="replace")
@@ -159,7 +160,7 @@ def test_messages_held_by_a_dead_consumer_are_recovered_once(redis):
     waiting = agent_run()
     push(waiting)
 
-    consumer = Consumer(["enterprise", "professional", "advance", "free"])
+    consumer = Consumer(tier_names())
     assert consumer.recover_dead_consumers() == 1
     consumer.run(burst=True)
 

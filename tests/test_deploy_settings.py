@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import secrets
 
-from tests.test_settings import child_env, manage, python
+from tests.helpers import child_env, manage, python
 
 # A key as docs/deployment.md has one made: 50 characters, many of them distinct.
 PRODUCTION = {

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from aes_project import redis_clients
 from executions.models import Execution
-from tests.conftest import agent_run, consume, dead_letters, push
+from protocol import keys
+from tests.helpers import agent_run, consume, dead_letters, push
 
 pytestmark = pytest.mark.django_db
 
@@ -62,10 +63,10 @@ def test_every_message_ends_as_an_execution_or_a_dead_letter(batch):
     consumer = consume()
 
     assert consumer.handled == len(batch)
-    assert client.llen("execution:free:actions") == 0
+    assert client.llen(keys.actions("free")) == 0
     recorded = Execution.objects.count()
     assert recorded + len(dead_letters()) >= len(batch) - _duplicates(batch)
-    assert client.keys("execution:processing:*") == []
+    assert client.keys(keys.processing("*", "*")) == []
     # And the consumer still works afterwards.
     good = agent_run()
     push(good)

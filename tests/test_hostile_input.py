@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 import pytest
 
 from executions.parsers import MAX_BODY_DEPTH
-from tests.test_api_executions import make_execution
+from tests.helpers import make_execution
 from tokens.models import ApiToken
 
 pytestmark = pytest.mark.django_db

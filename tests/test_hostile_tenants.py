@@ -7,13 +7,33 @@ import threading
 import time
 import uuid
 
+import django_rq
 import pytest
+from rq.queue import Queue
 
 from executions import metrics
 from executions.agent import peers
 from executions.agent.run import USER_INFO_NOTE
 from executions.models import EXECUTION_ID_NAMESPACE, Execution
-from tests.conftest import agent_run, callbacks, consume, dead_letters, push, run_one, work
+from protocol import keys
+from protocol.messages import (
+    AMS_GET_AGENT_CONFIG,
+    CANCEL,
+    GET_AGENT_CONFIG,
+    QS_REQUEST,
+    QUERY,
+    QUERY_CALLBACK,
+)
+from tests.helpers import (
+    agent_run,
+    callbacks,
+    consume,
+    dead_letters,
+    push,
+    run_one,
+    wait_for,
+    work,
+)
 from tokens.models import ApiToken
 from workers import handlers, reaper
 
@@ -21,16 +41,16 @@ pytestmark = pytest.mark.django_db
 
 # One key of every kind the AES owns, as another tenant's run would meet it.
 INTERNAL_KEYS = [
-    "agent_config:tenant-b:plain-bot",
-    "conversation_history:tenant-b:s-b",
-    "execution:session_order:tenant-b:s-b",
-    "execution:cache:1:throttle_caller_token:1",
-    "execution:slots:tenant-b",
-    "execution:metrics:index",
-    "execution:reaper:lock",
-    "execution:dead_letter",
-    "execution:free:actions",
-    "rq:queue:free",
+    keys.agent_config("tenant-b", "plain-bot"),
+    keys.history("tenant-b", "s-b"),
+    keys.session_order("tenant-b", "s-b"),
+    f"{keys.DJANGO_CACHE_PREFIX}:1:throttle_caller_token:1",
+    keys.slots("tenant-b"),
+    keys.METRICS_INDEX,
+    keys.REAPER_LOCK,
+    keys.DEAD_LETTER,
+    keys.actions("free"),
+    Queue.redis_queue_namespace_prefix + "free",
 ]
 
 
@@ -79,48 +99,50 @@ def test_a_queued_run_naming_an_internal_key_is_dead_lettered_and_nothing_pushed
     consume()
     assert [d["error"]["code"] for d in dead_letters()] == ["INVALID_CALLBACK_QUEUE"]
     assert not Execution.objects.exists()
-    if key != "execution:dead_letter":
+    if key != keys.DEAD_LETTER:
         assert redis.type(key) == before
-    redis.delete("execution:dead_letter")
+    redis.delete(keys.DEAD_LETTER)
     victims_run_completes()
 
 
 def test_an_api_tenant_calls_back_only_under_its_own_prefix(client, peers, llm):
     headers = bearer("tenant-m")
-    refused = post_run(client, headers, callback_queue="callbacks:tenant-b:inbox")
+    own_prefix = keys.tenant_callbacks_prefix("tenant-m")
+    inbox = own_prefix + "inbox"
+    theirs = keys.tenant_callbacks_prefix("tenant-b") + "inbox"
+    refused = post_run(client, headers, callback_queue=theirs)
     assert refused.status_code == 400
     assert refused.json()["error"]["code"] == "INVALID_CALLBACK_QUEUE"
-    assert post_run(client, headers, callback_queue="callbacks:tenant-m:").status_code == 400
+    assert post_run(client, headers, callback_queue=own_prefix).status_code == 400
     assert post_run(client, headers, callback_queue="other:queue").status_code == 400
-    accepted = post_run(client, headers, callback_queue="callbacks:tenant-m:inbox")
+    accepted = post_run(client, headers, callback_queue=inbox)
     assert accepted.status_code == 202
     consume()
     work()
-    assert [c["data"]["status"] for c in callbacks("callbacks:tenant-m:inbox")] == ["completed"]
-    assert callbacks("callbacks:tenant-b:inbox") == []
+    assert [c["data"]["status"] for c in callbacks(inbox)] == ["completed"]
+    assert callbacks(theirs) == []
 
 
 def test_staff_may_name_any_queue_that_is_not_reserved(admin_client):
     staff = {"tenant_id": "tenant-b", "tier": "free"}
     assert post_run(admin_client, {}, callback_queue="ops:callbacks", **staff).status_code == 202
-    refused = post_run(admin_client, {}, callback_queue="rq:queue:free", **staff)
+    refused = post_run(admin_client, {}, callback_queue=django_rq.get_queue("free").key, **staff)
     assert refused.status_code == 400
 
 
 def test_a_proxy_reply_aimed_at_the_dead_letter_list_sets_no_ttl(peers, redis):
     push(b"not json at all")
     consume()
-    assert redis.llen("execution:dead_letter") == 1
+    assert redis.llen(keys.DEAD_LETTER) == 1
     request = agent_run()
     request.update(
-        action_type="execution.management.get_agent_config",
-        callback_queue="execution:dead_letter",
+        action_type=GET_AGENT_CONFIG,
+        callback_queue=keys.DEAD_LETTER,
         data={"agent_id": "plain-bot"},
     )
     push(request)
-    consume()
-    time.sleep(0.5)  # the proxy pool would have answered by now
-    assert redis.ttl("execution:dead_letter") == -1
+    consume()  # returns once the proxy pool has answered whatever it was given
+    assert redis.ttl(keys.DEAD_LETTER) == -1
     assert [d["error"]["code"] for d in dead_letters()] == [
         "INVALID_ACTION",
         "INVALID_CALLBACK_QUEUE",
@@ -130,23 +152,21 @@ def test_a_proxy_reply_aimed_at_the_dead_letter_list_sets_no_ttl(peers, redis):
 def test_a_reply_whose_push_fails_sets_no_ttl_on_the_key(peers, redis):
     redis.set("someone:string", "theirs")
     request = agent_run(callback_queue="someone:string")
-    request.update(
-        action_type="execution.management.get_agent_config", data={"agent_id": "plain-bot"}
-    )
+    request.update(action_type=GET_AGENT_CONFIG, data={"agent_id": "plain-bot"})
     push(request)
-    consume()
-    time.sleep(1.0)  # the proxy pool has answered (and failed to push) by now
+    consume()  # returns once the proxy pool has answered (and failed to push)
+    assert peers.peers.handled.get(AMS_GET_AGENT_CONFIG) == 1  # the answer was made
     assert redis.get("someone:string") == b"theirs"
     assert redis.ttl("someone:string") == -1
 
 
 def test_a_cancel_reply_cannot_aim_at_a_reserved_list(redis):
-    request = agent_run(callback_queue="execution:dead_letter")
-    request.update(action_type="execution.cancel", data={"task_id": "nothing"})
+    request = agent_run(callback_queue=keys.DEAD_LETTER)
+    request.update(action_type=CANCEL, data={"task_id": "nothing"})
     push(request)
     consume()
     assert [d["error"]["code"] for d in dead_letters()] == ["INVALID_CALLBACK_QUEUE"]
-    assert redis.ttl("execution:dead_letter") == -1
+    assert redis.ttl(keys.DEAD_LETTER) == -1
 
 
 def test_nul_in_metadata_is_refused_over_the_api_naming_the_field(client):
@@ -255,22 +275,21 @@ def test_a_forged_tool_callback_from_another_tenant_is_dropped(redis):
     answers: list = []
     waiter = threading.Thread(
         target=lambda: answers.append(
-            peers.call_async(caller, "query", "query.request", {"query": "q"}, 3.0)
+            peers.call_async(caller, QUERY, QS_REQUEST, {"query": "q"}, 3.0)
         ),
         daemon=True,
     )
     waiter.start()
-    raw = None
-    deadline = time.monotonic() + 3
-    while raw is None and time.monotonic() < deadline:
-        raw = redis.rpop("query:free:actions")
+    raw = wait_for(
+        lambda: redis.rpop(keys.peer_actions(QUERY, "free")), timeout=3, what="the QS request"
+    )
     request = json.loads(raw)
 
     def callback(tenant_id: str, task_id: str, results: list) -> bytes:
         return json.dumps(
             {
                 "action_id": str(uuid.uuid4()),
-                "action_type": "query.callback",
+                "action_type": QUERY_CALLBACK,
                 "task_id": task_id,
                 "tenant_id": tenant_id,
                 "tenant_tier": "free",

@@ -6,7 +6,7 @@ import pytest
 
 from executions import gates, lifecycle
 from executions.models import Execution
-from tests.conftest import agent_run, callbacks, consume, push, run_one, work
+from tests.helpers import agent_run, callbacks, consume, push, run_one, work
 from tiers.models import Tier
 
 pytestmark = pytest.mark.django_db

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from aes_project.logs import JsonFormatter, run_context
-from tests.conftest import agent_run, run_one
+from tests.helpers import agent_run, run_one
 
 
 def record(message: str) -> logging.LogRecord:
@@ -16,6 +16,7 @@ def record(message: str) -> logging.LogRecord:
     return logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message, (), None)
 
 
+@pytest.mark.django_free
 def test_a_record_made_during_a_run_carries_its_ids_in_json():
     with run_context(execution_id="e-1", task_id="t-1", tenant_id="acme"):
         line = JsonFormatter().format(record("slow peer"))
@@ -25,6 +26,7 @@ def test_a_record_made_during_a_run_carries_its_ids_in_json():
     assert (entry["execution_id"], entry["task_id"], entry["tenant_id"]) == ("e-1", "t-1", "acme")
 
 
+@pytest.mark.django_free
 def test_a_record_outside_a_run_has_no_ids():
     entry = json.loads(JsonFormatter().format(record("idle")))
     assert "execution_id" not in entry

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from executions import metrics
-from tests.conftest import agent_run, run_one
+from tests.helpers import agent_run, run_one
 
 pytestmark = pytest.mark.django_db
 

@@ -5,71 +5,30 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from django.db import connection, transaction
 
 from executions.models import Execution
 from protocol import keys
-from tests.conftest import agent_run, callbacks, consume, push, subprocess_env, work
+from tests.helpers import (
+    agent_run,
+    callbacks,
+    children,
+    consume,
+    end,
+    pid_alive,
+    push,
+    rq_worker_pids,
+    start_service,
+    tier_names,
+    wait_for,
+    work,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 20.0, what: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or condition}")
-
-
-def start_service(*args: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "run_execution_worker", *args],
-        cwd=ROOT,
-        env=subprocess_env(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def end(process: subprocess.Popen) -> str:
-    """Kill `process` by its PID if it still runs; return its output."""
-    if process.poll() is None:
-        process.kill()
-    output, _ = process.communicate(timeout=30)
-    return output
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (exited, not yet reaped by its parent) counts as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def rq_worker_pids(redis) -> set[int]:
-    pids = set()
-    for key in redis.smembers("rq:workers"):
-        pid = redis.hget(key, "pid")
-        if pid:
-            pids.add(int(pid))
-    return {pid for pid in pids if pid_alive(pid)}
 
 
 def test_burst_runs_a_pushed_message_to_a_completed_callback(peers, llm):
@@ -89,12 +48,12 @@ def test_burst_runs_a_pushed_message_to_a_completed_callback(peers, llm):
 def test_sigterm_stops_the_service_and_its_rq_workers(redis):
     service = start_service("--rq-workers", "2")
     try:
-        pids = wait_until(
+        pids = wait_for(
             lambda: len(rq_worker_pids(redis)) == 2 and rq_worker_pids(redis), what="two RQ workers"
         )
         service.send_signal(signal.SIGTERM)
         assert service.wait(timeout=45) == 0
-        wait_until(lambda: not any(pid_alive(pid) for pid in pids), what="workers to exit")
+        wait_for(lambda: not any(pid_alive(pid) for pid in pids), what="workers to exit")
         assert redis.smembers(keys.CONSUMERS) == set()
     finally:
         end(service)
@@ -103,9 +62,9 @@ def test_sigterm_stops_the_service_and_its_rq_workers(redis):
 def test_a_dead_rq_worker_is_replaced(redis):
     service = start_service("--rq-workers", "1")
     try:
-        (first,) = wait_until(lambda: rq_worker_pids(redis), what="an RQ worker")
+        (first,) = wait_for(lambda: rq_worker_pids(redis), what="an RQ worker")
         os.kill(first, signal.SIGKILL)
-        replacement = wait_until(lambda: rq_worker_pids(redis) - {first}, what="a new worker")
+        replacement = wait_for(lambda: rq_worker_pids(redis) - {first}, what="a new worker")
         assert first not in replacement
     finally:
         service.send_signal(signal.SIGTERM)
@@ -132,7 +91,7 @@ def test_consumer_killed_before_acknowledging_loses_nothing_and_runs_once(peers,
     service = start_service("--rq-workers", "0", AES_CONSUMER_HEARTBEAT_TTL="2")
     try:
         # The consumer took the message and is stuck recording it: kill it there.
-        held = wait_until(lambda: redis.keys("execution:processing:*"), what="a taken message")
+        held = wait_for(lambda: redis.keys(keys.processing("*", "*")), what="a taken message")
         assert redis.llen(keys.actions("free")) == 0
         service.send_signal(signal.SIGKILL)
         service.wait(timeout=10)
@@ -142,20 +101,12 @@ def test_consumer_killed_before_acknowledging_loses_nothing_and_runs_once(peers,
     assert Execution.objects.count() == 0
     assert redis.llen(held[0]) == 1
 
-    wait_until(lambda: not redis.keys("execution:consumer:*:alive"), what="heartbeat expiry")
+    wait_for(lambda: not redis.keys(keys.consumer_alive("*")), what="heartbeat expiry")
     consume()  # a restarted consumer recovers the message and records it
     work()
     assert Execution.objects.filter(action_id=message["action_id"]).count() == 1
     assert [c["data"]["status"] for c in callbacks()] == ["completed"]
-    assert redis.keys("execution:processing:*") == []
-
-
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:
-        return []
-    return [int(child) for child in text.split()]
+    assert redis.keys(keys.processing("*", "*")) == []
 
 
 def _run_until_hung(redis, llm) -> tuple[subprocess.Popen, int, int]:
@@ -169,9 +120,13 @@ def _run_until_hung(redis, llm) -> tuple[subprocess.Popen, int, int]:
         AES_REAPER_GRACE_SECONDS="0",
         AES_REAPER_INTERVAL_SECONDS="0.5",
     )
-    wait_until(lambda: llm.requests, what="the LLM call")
-    (worker,) = rq_worker_pids(redis)
-    (horse,) = wait_until(lambda: children(worker), what="the work-horse")
+    try:
+        wait_for(lambda: llm.requests, what="the LLM call")
+        (worker,) = rq_worker_pids(redis)
+        (horse,) = wait_for(lambda: children(worker), what="the work-horse")
+    except BaseException:
+        end(service)  # the test never gets the service to stop it
+        raise
     return service, worker, horse
 
 
@@ -179,7 +134,7 @@ def test_a_sigkilled_work_horse_fails_its_run_with_one_callback(peers, llm, redi
     service, worker, horse = _run_until_hung(redis, llm)
     try:
         os.kill(horse, signal.SIGKILL)
-        sent = wait_until(callbacks, what="the callback")
+        sent = wait_for(callbacks, what="the callback")
         assert [c["data"]["error"]["code"] for c in sent] == ["INTERNAL"]
         assert Execution.objects.get().status == "failed"
         assert pid_alive(worker)  # the worker lives on and takes the next run
@@ -195,7 +150,7 @@ def test_a_run_whose_whole_worker_died_is_closed_by_the_reaper(peers, llm, redis
     try:
         os.kill(worker, signal.SIGKILL)  # the machine's worker is gone, horse and all
         os.kill(horse, signal.SIGKILL)
-        sent = wait_until(callbacks, timeout=30, what="the reaper's callback")
+        sent = wait_for(callbacks, timeout=30, what="the reaper's callback")
         assert [c["data"]["error"]["code"] for c in sent] == ["INTERNAL"]
         execution = Execution.objects.get()
         assert execution.status == "failed"
@@ -235,7 +190,7 @@ class PrivateRedis:
         )
         import redis as redis_lib
 
-        wait_until(lambda: _pings(redis_lib.Redis.from_url(self.url)), what="the server")
+        wait_for(lambda: _pings(redis_lib.Redis.from_url(self.url)), what="the server")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -256,32 +211,39 @@ def test_a_redis_restart_mid_run_loses_nothing_recorded(llm):
     import redis as redis_lib
 
     from standins.peers import DevPeers, load_fixture
-    from tests.conftest import TIERS
 
     server = PrivateRedis()
     server.start()
     client = redis_lib.Redis.from_url(server.url)
-    peers = DevPeers(client, TIERS, load_fixture())
+    peers = DevPeers(client, tier_names(), load_fixture())
     stop = threading.Event()
     peer_thread = threading.Thread(target=peers.serve, args=(stop,), daemon=True)
     peer_thread.start()
     llm.push_hang(3)  # the run is in its LLM call while Redis restarts
     message = agent_run()
-    client.lpush("execution:free:actions", json_lib.dumps(message))
+    client.lpush(keys.actions("free"), json_lib.dumps(message))
     service = start_service("--rq-workers", "1", OPENAI_BASE_URL=llm.url, REDIS_URL=server.url)
     try:
-        wait_until(lambda: llm.requests, what="the LLM call")
+        wait_for(lambda: llm.requests, what="the LLM call")
         server.stop()
+        # The outage itself is under test: Redis stays away a moment, as in a restart.
         time.sleep(0.5)
         server.start()  # empty: this server keeps nothing, like the CI's
-        raw = wait_until(
+        raw = wait_for(
             lambda: _pings(client) and client.lpop("test:callbacks"), timeout=40, what="callback"
         )
         callback = json_lib.loads(raw)
         assert callback["data"]["status"] == "completed"
-        execution = Execution.objects.get(action_id=message["action_id"])
+        # The callback is pushed, then its row marked sent.
+        execution = wait_for(
+            lambda: Execution.objects.filter(
+                action_id=message["action_id"], callback_sent_at__isnull=False
+            ).first(),
+            what="the callback marked sent",
+        )
         assert execution.status == "completed"
         assert execution.callback_sent_at is not None
+        # A second callback cannot be waited for, only given time to show up.
         time.sleep(1)
         assert client.llen("test:callbacks") == 0  # one callback, not two
     finally:

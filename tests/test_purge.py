@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from executions.models import Execution, ExecutionStep
-from tests.conftest import agent_run, consume, push, run_one
+from tests.helpers import agent_run, consume, push, run_one
 
 pytestmark = pytest.mark.django_db
 

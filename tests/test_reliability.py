@@ -19,7 +19,8 @@ from rq.serializers import JSONSerializer
 
 from executions.models import Execution
 from protocol import keys
-from tests.conftest import TIERS, agent_run, callbacks, consume, dead_letters, push, work
+from protocol.messages import CANCEL
+from tests.helpers import agent_run, callbacks, consume, dead_letters, push, tier_names, work
 from workers import handlers, reaper
 from workers.consumer import MAX_REDELIVERIES, Consumer
 from workers.rq_worker import ExecutionWorker
@@ -69,7 +70,7 @@ def test_a_message_that_kills_every_consumer_is_dead_lettered(redis):
     message = agent_run()
     for attempt in range(MAX_REDELIVERIES + 1):
         held_by_dead_consumer(redis, message, name=f"dead:{attempt}:beef")
-        Consumer(TIERS).recover_dead_consumers()
+        Consumer(tier_names()).recover_dead_consumers()
         redis.delete(keys.actions("free"))  # taken again by the next victim
     letter = dead_letters()[0]
     assert letter["error"]["code"] == "POISON_MESSAGE"
@@ -171,7 +172,7 @@ def _finished_but_unsent(peers, llm) -> Execution:
 
 def test_reaper_pushes_a_callback_recorded_but_never_pushed(peers, llm, redis):
     execution = _finished_but_unsent(peers, llm)
-    redis.delete("test:callbacks", f"execution:outbox:{execution.id}")
+    redis.delete("test:callbacks", keys.outbox(str(execution.id)))
     assert reaper.reap()["callbacks"] == 1
     assert [c["data"]["execution_id"] for c in callbacks()] == [str(execution.id)]
     execution.refresh_from_db()
@@ -237,7 +238,7 @@ def test_the_consumer_reconnects_after_the_database_dropped_its_connection(redis
     push(
         {
             **agent_run(),
-            "action_type": "execution.cancel",
+            "action_type": CANCEL,
             "correlation_id": "c-1",
             "callback_queue": "canceller:replies",
             "data": {"task_id": "no-such-task"},

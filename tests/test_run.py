@@ -5,10 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
+from rq.job import Job
 
 from executions.models import Execution
 from protocol import keys
-from tests.conftest import agent_run, callbacks, consume, push, work
+from protocol.messages import (
+    AMS_GET_AGENT_CONFIG,
+    CS_GET_HISTORY,
+    CS_SAVE_MESSAGE,
+    EXECUTION_CALLBACK,
+)
+from standins.peers import conversation_key
+from tests.helpers import agent_run, callbacks, consume, push, work
 
 pytestmark = pytest.mark.django_db
 
@@ -26,8 +34,8 @@ def test_redis_keeps_a_finished_run_for_a_bounded_time(peers, llm, redis):
     execution, sent = run_one(agent_run(agent_id="plain-bot"))
 
     assert execution.status == "completed" and len(sent) == 1
-    assert 0 < redis.ttl(f"rq:job:{execution.id}") <= 60
-    assert 0 < redis.ttl(f"execution:outbox:{execution.id}") <= 3600
+    assert 0 < redis.ttl(Job.key_for(str(execution.id))) <= 60
+    assert 0 < redis.ttl(keys.outbox(str(execution.id))) <= 3600
 
 
 def test_completed_run_records_the_answer_and_sends_one_callback(peers, llm):
@@ -46,7 +54,7 @@ def test_completed_run_records_the_answer_and_sends_one_callback(peers, llm):
 
     assert len(sent) == 1
     callback = sent[0]
-    assert callback["action_type"] == "execution.callback"
+    assert callback["action_type"] == EXECUTION_CALLBACK
     for field in ("task_id", "tenant_id", "session_id", "correlation_id"):
         assert callback[field] == message[field]
     assert callback["tenant_tier"] == "free"
@@ -80,7 +88,7 @@ def test_user_and_assistant_messages_are_saved_and_appended_to_the_cached_histor
     first, _ = run_one(agent_run(session_id="s-1", message="first question"))
     second, _ = run_one(agent_run(session_id="s-1", message="second question"))
 
-    saved = [json.loads(m) for m in redis.lrange("devpeers:conversation:s-1", 0, -1)]
+    saved = [json.loads(m) for m in redis.lrange(conversation_key("s-1"), 0, -1)]
     assert [(m["role"], m["content"]) for m in saved] == [
         ("user", "first question"),
         ("assistant", first.response),
@@ -90,7 +98,7 @@ def test_user_and_assistant_messages_are_saved_and_appended_to_the_cached_histor
     # The second run saw the first exchange, served from the cache (one CS read).
     contents = [m["content"] for m in llm.requests[1]["messages"]]
     assert contents[-3:] == ["first question", first.response, "second question"]
-    assert peers.peers.handled.get("conversation.get_history") == 1
+    assert peers.peers.handled.get(CS_GET_HISTORY) == 1
     cached = json.loads(redis.get(keys.history("tenant-a", "s-1")))
     assert [m["content"] for m in cached][-1] == second.response
 
@@ -98,7 +106,7 @@ def test_user_and_assistant_messages_are_saved_and_appended_to_the_cached_histor
 def test_agent_config_is_cached_for_the_tier_ttl(peers, llm, redis):
     run_one(agent_run(agent_id="plain-bot"))
     run_one(agent_run(agent_id="plain-bot"))
-    assert peers.peers.handled.get("management.get_agent_config") == 1
+    assert peers.peers.handled.get(AMS_GET_AGENT_CONFIG) == 1
     ttl = redis.ttl(keys.agent_config("tenant-a", "plain-bot"))
     assert 0 < ttl <= 300
 
@@ -106,7 +114,7 @@ def test_agent_config_is_cached_for_the_tier_ttl(peers, llm, redis):
 def test_professional_tier_waits_for_persistence(peers, llm):
     execution, sent = run_one(agent_run(tier="professional", session_id="s-2"), "professional")
     assert execution.status == "completed"
-    assert peers.peers.handled.get("conversation.save_message") == 2
+    assert peers.peers.handled.get(CS_SAVE_MESSAGE) == 2
     assert sent[0]["data"]["status"] == "completed"
 
 

@@ -7,7 +7,7 @@ import pytest
 from executions import gates
 from executions.jobs import run_execution
 from executions.models import Execution
-from tests.conftest import agent_run, consume, push, work
+from tests.helpers import agent_run, consume, push, work
 
 pytestmark = pytest.mark.django_db
 

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +21,10 @@ import pytest
 import redis
 from django.conf import settings
 
-PROJECT = Path(__file__).resolve().parent.parent
-TIMEOUT = 60
+from tests.helpers import CHILD_TIMEOUT, PROJECT, child_env, manage, python, wait_for
 
-# Sets up Django, prints "URL PONG SERVER_PID SERVER_DIR" and sleeps argv[1] seconds.
+# Sets up Django, prints "URL PONG SERVER_PID SERVER_DIR" and lives on for argv[1] seconds
+# (its lifetime is the point: the tests kill it, or watch it exit, while its server runs).
 EMBEDDED_CHILD = """
 import os, sys, time
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aes_project.settings")
@@ -41,44 +40,6 @@ time.sleep(float(sys.argv[1]))
 """
 
 
-def child_env(**changes: str | None) -> dict[str, str]:
-    """This process's environment with `changes`; None removes a variable."""
-    env = dict(os.environ)
-    env["DJANGO_SETTINGS_MODULE"] = "aes_project.settings"
-    # A child that got past the settings must not start a server of its own.
-    env["REDIS_URL"] = settings.REDIS_URL
-    for name in ("AES_ENV", "DEBUG", "SECRET_KEY"):
-        env.pop(name, None)
-    for name, value in changes.items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
-    return env
-
-
-def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-
-
-def python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-
-
 def accepts_connections(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -87,16 +48,7 @@ def accepts_connections(port: int) -> bool:
         return False
 
 
-def wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return bool(condition())
-
-
-def read_line(process: subprocess.Popen, timeout: float = TIMEOUT) -> str:
+def read_line(process: subprocess.Popen, timeout: float = CHILD_TIMEOUT) -> str:
     ready, _, _ = select.select([process.stdout], [], [], timeout)
     if not ready:
         raise AssertionError(f"child printed nothing within {timeout}s")
@@ -147,7 +99,7 @@ class EmbeddedChild:
     def end(self) -> None:
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=TIMEOUT)
+        self.process.wait(timeout=CHILD_TIMEOUT)
         self.process.stdout.close()
         self.process.stderr.close()
         if self.server_pid:  # only if the test failed to see it stop
@@ -241,17 +193,21 @@ def test_a_sigkilled_process_leaves_no_orphan_server():
         assert accepts_connections(child.port)
 
         os.kill(child.process.pid, signal.SIGKILL)
-        child.process.wait(timeout=TIMEOUT)
+        child.process.wait(timeout=CHILD_TIMEOUT)
 
-        assert wait_until(lambda: not accepts_connections(child.port), timeout=10)
-        assert wait_until(lambda: not Path(f"/proc/{child.server_pid}").exists(), timeout=10)
+        wait_for(lambda: not accepts_connections(child.port), timeout=10, what="the port to close")
+        wait_for(
+            lambda: not Path(f"/proc/{child.server_pid}").exists(),
+            timeout=10,
+            what="the server to exit",
+        )
         child.server_pid = 0
 
 
 def test_a_process_that_exits_normally_stops_its_server():
     with embedded_children(1, sleep_seconds=0) as (child,):
-        assert child.process.wait(timeout=TIMEOUT) == 0
-        assert wait_until(lambda: not accepts_connections(child.port), timeout=10)
+        assert child.process.wait(timeout=CHILD_TIMEOUT) == 0
+        wait_for(lambda: not accepts_connections(child.port), timeout=10, what="the port to close")
         child.server_pid = 0
 
 
@@ -295,7 +251,7 @@ print(taken, url, pong)
 
 def test_a_process_that_exits_normally_leaves_no_temporary_directory():
     with embedded_children(1, sleep_seconds=0) as (child,):
-        assert child.process.wait(timeout=TIMEOUT) == 0
-        assert wait_until(lambda: not accepts_connections(child.port), timeout=10)
+        assert child.process.wait(timeout=CHILD_TIMEOUT) == 0
+        wait_for(lambda: not accepts_connections(child.port), timeout=10, what="the port to close")
         child.server_pid = 0
         assert not Path(child.workdir).exists()

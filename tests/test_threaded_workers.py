@@ -5,16 +5,28 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from contextlib import contextmanager
 
+import django_rq
 import pytest
 from django.db import connection
+from rq.worker import Worker
 
 from aes_project import redis_clients
 from executions.models import Execution
-from tests.conftest import agent_run, callbacks, consume, push, work
-from tests.test_processes import children, end, pid_alive, rq_worker_pids, start_service, wait_until
+from tests.helpers import (
+    agent_run,
+    callbacks,
+    children,
+    consume,
+    end,
+    pid_alive,
+    push,
+    rq_worker_pids,
+    start_service,
+    wait_for,
+    work,
+)
 from workers import threaded
 from workers.threaded import SlotWorker, ThreadedHost, close_runs_of_dead_host
 
@@ -49,10 +61,10 @@ def _running() -> int:
 def test_one_worker_process_runs_several_runs_at_once(peers, llm, redis):
     llm.latency_seconds = 2
     with _serving(llm, runs=4, slots=4):
-        wait_until(lambda: _running() == 4, what="four runs running at once")
+        wait_for(lambda: _running() == 4, what="four runs running at once")
         (worker,) = rq_worker_pids(redis)
         assert children(worker) == []  # no work-horses: the runs are threads of the worker
-        sent = wait_until(lambda: len(callbacks()) >= 4 and callbacks(), what="four callbacks")
+        sent = wait_for(lambda: len(callbacks()) >= 4 and callbacks(), what="four callbacks")
     assert sorted(c["data"]["response"] for c in sent) == [
         f"(stand-in) You said: run {n}" for n in range(4)
     ]
@@ -63,10 +75,10 @@ def test_one_worker_process_runs_several_runs_at_once(peers, llm, redis):
 def test_a_worker_takes_no_more_runs_than_its_slots(peers, llm, redis):
     llm.latency_seconds = 2
     with _serving(llm, runs=3, slots=2):
-        wait_until(lambda: _running() == 2, what="two runs running")
+        wait_for(lambda: _running() == 2, what="two runs running")
         # The third stays queued, in RQ, for this or another worker's next free slot.
         assert Execution.objects.filter(status="queued").count() == 1
-        wait_until(lambda: len(callbacks()) == 3, timeout=30, what="three callbacks")
+        wait_for(lambda: len(callbacks()) == 3, timeout=30, what="three callbacks")
     assert set(Execution.objects.values_list("status", flat=True)) == {"completed"}
 
 
@@ -74,13 +86,13 @@ def test_sigterm_lets_the_runs_in_hand_finish(peers, llm, redis):
     llm.latency_seconds = 3
     service = _start(llm, runs=2, slots=2)
     try:
-        wait_until(lambda: _running() == 2, what="two runs running")
+        wait_for(lambda: _running() == 2, what="two runs running")
         service.send_signal(signal.SIGTERM)
         assert service.wait(timeout=45) == 0
     finally:
         output = end(service)
     assert [c["data"]["status"] for c in callbacks()] == ["completed", "completed"], output
-    assert redis.smembers("rq:workers") == set()  # every slot deregistered
+    assert redis.smembers(Worker.redis_workers_keys) == set()  # every slot deregistered
 
 
 def test_a_killed_threaded_worker_has_all_its_runs_closed_once(peers, llm, redis):
@@ -88,11 +100,11 @@ def test_a_killed_threaded_worker_has_all_its_runs_closed_once(peers, llm, redis
     # Deadlines two minutes away, and the reaper's default grace: only the
     # supervisor, which saw its worker die, can end these runs soon.
     with _serving(llm, runs=3, slots=3, timeout=120):
-        wait_until(lambda: _running() == 3, what="three runs running")
+        wait_for(lambda: _running() == 3, what="three runs running")
         (worker,) = rq_worker_pids(redis)
         os.kill(worker, signal.SIGKILL)  # every run in that process is lost with it
-        sent = wait_until(lambda: len(callbacks()) >= 3 and callbacks(), timeout=30, what="ends")
-        wait_until(lambda: rq_worker_pids(redis) - {worker}, what="a replacement worker")
+        sent = wait_for(lambda: len(callbacks()) >= 3 and callbacks(), timeout=30, what="ends")
+        wait_for(lambda: rq_worker_pids(redis) - {worker}, what="a replacement worker")
     assert not pid_alive(worker)
     assert [c["data"]["error"]["code"] for c in sent] == ["INTERNAL"] * 3
     assert all("worker process" in c["data"]["error"]["message"] for c in sent)
@@ -109,8 +121,8 @@ def test_runs_share_a_small_connection_pool_while_they_wait(peers, llm, redis):
     with _serving(
         llm, runs=6, slots=6, DB_POOL_SIZE="2", DB_POOL_TIMEOUT="2", AES_TIER_CACHE_SECONDS="0"
     ):
-        wait_until(lambda: _running() == 6, what="six runs running at once")
-        wait_until(lambda: len(callbacks()) == 6, timeout=30, what="six callbacks")
+        wait_for(lambda: _running() == 6, what="six runs running at once")
+        wait_for(lambda: len(callbacks()) == 6, timeout=30, what="six callbacks")
     assert set(Execution.objects.values_list("status", flat=True)) == {"completed"}
 
 
@@ -129,7 +141,7 @@ def test_a_dead_hosts_runs_end_and_its_unstarted_runs_run_again(peers, llm, redi
     consume()
     taken, running = Execution.objects.order_by("queued_at")
     Execution.objects.filter(pk=running.pk).update(status="running")
-    redis.delete("rq:queue:free")  # both jobs were taken by the dead process
+    redis.delete(django_rq.get_queue("free").key)  # both jobs were taken by the dead process
     dead_pid = 2**22 + 1  # above the kernel's pid_max: no such process
     for execution in (taken, running):
         _registered_slot(str(execution.id), dead_pid)
@@ -139,7 +151,7 @@ def test_a_dead_hosts_runs_end_and_its_unstarted_runs_run_again(peers, llm, redi
     statuses = dict(Execution.objects.values_list("pk", "status"))
     assert statuses == {taken.pk: "completed", running.pk: "failed"}
     assert len(callbacks()) == 2
-    assert redis.smembers("rq:workers") == set()  # the dead slots are deregistered
+    assert redis.smembers(Worker.redis_workers_keys) == set()  # the dead slots are deregistered
 
 
 def test_a_slot_whose_run_outlasts_rqs_beat_stays_registered(peers, llm, redis, monkeypatch):
@@ -153,12 +165,12 @@ def test_a_slot_whose_run_outlasts_rqs_beat_stays_registered(peers, llm, redis, 
     serving = threading.Thread(target=host.run)
     serving.start()
     try:
-        wait_until(lambda: _running() == 1, what="the run running")
+        wait_for(lambda: _running() == 1, what="the run running")
         (slot,) = host.slots
         # As if RQ's beat at the job's start ran out soon. The dispatcher
         # looks up at least every keys.BLOCK_SECONDS (5), and beats then.
         redis.expire(slot.key, 7)
-        time.sleep(6)
+        wait_for(lambda: redis.ttl(slot.key) > 60, timeout=6, what="the slot's next beat")
         assert _running() == 1
         assert redis.ttl(slot.key) > 60
     finally:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
+from tests.helpers import wait_for
 from tiers import lookup
 from tiers.models import LIMIT_FIELDS, Tier
 
@@ -73,17 +73,8 @@ DESIGN_DEFAULTS: dict[str, dict[str, Any]] = {
         "wait_for_persistence": True,
     },
 }
-PRIORITY_ORDER = ["enterprise", "professional", "advance", "free"]
-
-
-def wait_until(condition, timeout: float = 5.0) -> bool:
-    """Poll `condition()` until it is true or `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return bool(condition())
+# The tiers in the order of their design priorities: the one served first first.
+PRIORITY_ORDER = sorted(DESIGN_DEFAULTS, key=lambda name: DESIGN_DEFAULTS[name]["priority"])
 
 
 # --- Seeded defaults -------------------------------------------------------
@@ -170,9 +161,7 @@ def test_a_deleted_tier_disappears_from_the_lookup_at_once(settings):
 
     assert lookup.get_tier("advance") is None
     assert [tier.name for tier in lookup.tiers_by_priority()] == [
-        "enterprise",
-        "professional",
-        "free",
+        name for name in PRIORITY_ORDER if name != "advance"
     ]
 
 
@@ -185,7 +174,11 @@ def test_an_edit_without_signal_is_served_from_cache_until_it_expires(settings):
     assert lookup.get_tier("free").max_iterations == 3  # still the cached row
 
     settings.AES_TIER_CACHE_SECONDS = 0.2
-    assert wait_until(lambda: lookup.get_tier("free").max_iterations == 7)
+    wait_for(
+        lambda: lookup.get_tier("free").max_iterations == 7,
+        timeout=5,
+        what="the cached row to expire",
+    )
     assert [tier.max_iterations for tier in lookup.tiers_by_priority()] == [20, 10, 5, 7]
 
 
@@ -306,7 +299,7 @@ def test_tier_changelist_shows_every_tier_with_editable_limits(admin_client):
     html = response.content.decode()
     for name in PRIORITY_ORDER:
         assert name in html
-    for index in range(4):
+    for index in range(len(PRIORITY_ORDER)):
         for field in LIMIT_FIELDS:
             assert f'name="form-{index}-{field}"' in html, (index, field)
 
@@ -323,7 +316,7 @@ def test_admin_edit_of_max_iterations_persists_and_is_used_at_once(admin_client,
     assert Tier.objects.get(name="free").max_iterations == 4
     assert lookup.get_tier("free").max_iterations == 4
     # The other tiers are untouched.
-    for name in ("advance", "professional", "enterprise"):
+    for name in sorted(set(DESIGN_DEFAULTS) - {"free"}):
         assert Tier.objects.get(name=name).limits() == {
             k: v for k, v in DESIGN_DEFAULTS[name].items() if k != "priority"
         }
@@ -346,7 +339,7 @@ def test_admin_refuses_a_zero_timeout_and_keeps_the_old_value(admin_client):
     )
 
     assert response.status_code == 200
-    assert response.context["cl"].formset.errors != [{}] * 4
+    assert response.context["cl"].formset.errors != [{}] * len(PRIORITY_ORDER)
     assert "greater than or equal to 1" in response.content.decode()
     assert Tier.objects.get(name="free").timeout_seconds == 30
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from executions.agent import tools
 from executions.agent.loop import ToolResult
 from executions.agent.peers import Caller, route_peer_callback
-from protocol.messages import AgentConfig, DomainAction
-from tests.conftest import agent_run, callbacks, run_one
+from protocol import keys
+from protocol.messages import ES_REQUEST, QS_REQUEST, QUERY_CALLBACK, AgentConfig, DomainAction
+from tests.helpers import agent_run, callbacks, consume, run_one, wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -28,8 +31,8 @@ def test_knowledge_search_round_trip_through_the_query_service(peers, llm):
         ("tool", "knowledge_search"),
         ("llm", "llm_call_2"),
     ]
-    assert peers.peers.handled.get("query.request") == 1
-    assert peers.peers.handled.get("embedding.request") is None
+    assert peers.peers.handled.get(QS_REQUEST) == 1
+    assert peers.peers.handled.get(ES_REQUEST) is None
     # The model got the passages back as the tool's result.
     tool_message = llm.requests[1]["messages"][-1]
     assert tool_message["role"] == "tool"
@@ -48,8 +51,8 @@ def test_knowledge_search_round_trip_through_the_query_service(peers, llm):
 def test_vector_retrieval_embeds_the_query_first(peers, llm):
     execution = run_one(agent_run(agent_id="vector-bot", message="How do refunds work?"))
     assert execution.status == "completed"
-    assert peers.peers.handled.get("embedding.request") == 1
-    assert peers.peers.handled.get("query.request") == 1
+    assert peers.peers.handled.get(ES_REQUEST) == 1
+    assert peers.peers.handled.get(QS_REQUEST) == 1
     assert callbacks()[0]["data"]["sources"][0]["metadata"]["used_embedding"] is True
 
 
@@ -75,31 +78,37 @@ def test_a_silent_query_service_is_a_tool_error_the_model_sees(start_peers, llm,
     assert "UPSTREAM_TIMEOUT" in llm.requests[1]["messages"][-1]["content"]
 
 
-def test_a_late_callback_is_dropped_and_leaves_no_key(start_peers, llm, settings, redis):
+def test_a_late_callback_is_dropped_and_leaves_no_key(
+    start_peers, llm, settings, redis, monkeypatch
+):
     settings.AES_TOOL_TIMEOUT_SECONDS = 0.3
     handle = start_peers(delay_seconds=1.0)
+    answered = threading.Event()
+    send_callback = handle.peers._callback
+
+    def send_and_note(*args):
+        send_callback(*args)
+        answered.set()
+
+    monkeypatch.setattr(handle.peers, "_callback", send_and_note)
     execution = run_one(agent_run(agent_id="support-bot"))
     assert execution.steps.get(kind="tool").error.startswith("UPSTREAM_TIMEOUT")
 
     # QS answers after the run gave up (a second after it asked); a consumer
     # takes the callback (the one beside the worker, or this one) and drops it.
-    import time
-
-    from tests.conftest import consume, wait_for
-
-    wait_for(lambda: handle.peers.handled.get("query.request") == 1)
-    time.sleep(1.5)
+    wait_for(lambda: handle.peers.handled.get(QS_REQUEST) == 1, what="the query request")
+    wait_for(answered.is_set, what="the late callback")
     consume()
-    assert redis.keys("execution:responses:*") == []
-    assert redis.keys("execution:waiting:*") == []
-    assert redis.llen("execution:free:callbacks") == 0
+    assert redis.keys(keys.responses("*")) == []
+    assert redis.keys(keys.waiting("*")) == []
+    assert redis.llen(keys.callbacks("free")) == 0
 
 
 def test_an_unmatched_callback_creates_no_key(redis):
     callback = DomainAction.model_validate(
         {
             "action_id": "a",
-            "action_type": "query.callback",
+            "action_type": QUERY_CALLBACK,
             "task_id": "t",
             "tenant_id": "tenant-a",
             "tenant_tier": "free",

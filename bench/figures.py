@@ -96,8 +96,11 @@ def document(
         "command_line": shlex.join(["python", "-m", f"bench.{entry_point}", *argv]),
         "measured_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "code_commit": _git("rev-parse", "HEAD"),
-        # Changes not yet committed (bench/results/ aside) were measured too.
-        "code_uncommitted_changes": bool(_git("status", "--porcelain", "--", ":!bench/results")),
+        # Changes not yet committed (bench/results/ aside, and a worktree's
+        # .venv symlink) were measured too.
+        "code_uncommitted_changes": bool(
+            _git("status", "--porcelain", "--", ":!bench/results", ":!.venv")
+        ),
         **options,
         **machine_at_start,
         "machine_loadavg_1min_at_end": os.getloadavg()[0],

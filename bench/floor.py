@@ -1,142 +1,228 @@
-"""The floor: what bare RQ and bare Redis do on the same machine, Redis and worker count."""
+"""The fair floor: a run's irreducible work as bare RQ jobs, on the AES's worker class and count.
+
+bench.run measures it after the AES, in the same command, against the same
+LLM stand-in (still running), Redis and database: the floor's job
+(bench/floor_work.py: 1 INSERT, 2 UPDATEs, 1 chat completion, 1 LPUSH of a
+callback) on as many worker processes as the AES had, of the AES's class:
+ThreadedHost slots for threaded workers (`python -m bench.floor_worker`),
+ExecutionWorker's forking work-horses for forking ones. The phases are the
+AES's: warm-up and low load one job at a time, then the load, all at once or
+`in_flight` at a time; a job's callback is collected as a run's is.
+"""
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
+import psutil
 import redis
 from rq import Queue, Worker
-from rq.job import Job
-from rq.registry import FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
 from aes_project import processes
+from bench import load, report
 from bench.common import (
     MANAGE,
     PYTHON,
     STOP_SECONDS,
     Env,
     commandstats,
+    counts_diff,
     diff,
-    percentile,
+    merged,
+    read_counts,
+    server_cpu,
     wait_until,
 )
-from bench.pipeline import counting_client
+from bench.pipeline import CALLBACKS, Client, counting_client
+from bench.sampler import process_cpu_seconds
 
-WORKER_CLASSES = {
-    "fork": "rq.worker.Worker",
-    "simple": "rq.worker.SimpleWorker",
-    "threads": "workers.threaded.ThreadedHost",
-}
+# The sitecustomize role of the floor's processes (their forked horses: floor-child).
+ROLES = ("floor", "floor-child")
+# The floor job's own Redis commands: its callback's LPUSH. The rest is RQ's.
+JOB_OWN_REDIS_COMMANDS = 1
 
 
-def rq_noop(
+@dataclass
+class FloorClient(Client):
+    """Enqueues floor jobs, one per run that `make` gives, and collects their callbacks."""
+
+    job_timeout: int = 0
+    result_ttl: int = 0
+    failure_ttl: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Not a counting client: enqueueing is RQ's work, as the consumer's is the AES's.
+        self.enqueuer = redis.Redis.from_url(self.url, socket_timeout=60)
+
+    def sent(self) -> dict[str, int]:
+        """Commands the bench itself sent: taking the callbacks (the enqueues are RQ's)."""
+        return dict(self.take_client.sent)
+
+    def push(self, runs: list[dict[str, Any]], tier: str, batch: int = 100) -> None:
+        """Enqueue one floor job per run, one enqueue_call each, as the AES's consumer does."""
+        from bench.floor_work import JOB  # a string; the module needs Django
+
+        queue = Queue(tier, connection=self.enqueuer, serializer=JSONSerializer)
+        for run in runs:
+            job_id = run["correlation_id"]
+            self.pushed_at[job_id] = time.monotonic()
+            queue.enqueue_call(
+                JOB,
+                args=(job_id, run["data"]["message"], CALLBACKS),
+                job_id=job_id,
+                timeout=self.job_timeout,
+                result_ttl=self.result_ttl,
+                failure_ttl=self.failure_ttl,
+            )
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU of each process, the children it reaped (forked horses) and those still alive."""
+    total = 0.0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            times = process.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+            total += sum(process_cpu_seconds(c.pid) for c in process.children(recursive=True))
+        except psutil.Error:
+            continue
+    return total
+
+
+def fair_floor(
     env: Env,
     *,
+    llm_url: str,
+    llm_pid: int | None,
     tier: str,
     workers: int,
-    jobs: int,
-    worker_class: str,
-    slots: int = 1,
-    pings: int = 50,
+    runs_per_worker: int,
+    make: load.MakeRun,
+    runs: int,
+    in_flight: int,
+    warmup: int,
+    latency_runs: int,
+    llm_latency: float,
+    timeout: float,
 ) -> dict[str, Any]:
-    """No-op jobs/s through `workers` RQ worker processes, and Redis commands per job.
-
-    The workers are `manage.py rqworker` processes, as the AES's are (Django
-    loaded, so a forked work-horse is as large), with RQ's plain class:
-    the AES's class refuses any job but its own. They serve the tier's queue
-    (the AES is stopped by then). Jobs are enqueued one by one, with the job
-    options the AES uses, while the workers wait. With `threads`, each
-    process is the AES's ThreadedHost with `slots` slots.
-    """
-    # Importable only once Django is set up: the job options the AES uses.
+    """Measure the fair floor; return its flat figures (`fair_floor_*`)."""
+    # Importable only once Django is set up.
+    from bench import floor_work
     from executions import queues
     from tiers import lookup
+    from workers.supervisor import THREADED_POOL_SIZE
 
-    timeout = lookup.get_tier(tier).timeout_seconds + queues.JOB_TIMEOUT_MARGIN_SECONDS
-    if worker_class == "threads":
-        command = [PYTHON, "-m", "bench.threaded_floor", "--slots", str(slots), tier]
+    floor_work.create_table()
+    job_timeout = lookup.get_tier(tier).timeout_seconds + queues.JOB_TIMEOUT_MARGIN_SECONDS
+    extra = {"OPENAI_BASE_URL": llm_url, "OPENAI_API_KEY": "bench", "AES_BENCH_ROLE": "floor"}
+    if runs_per_worker == 1:
+        # As the supervisor starts the AES's forking workers (workers/supervisor.py).
+        command = [*MANAGE, "rqworker", "--verbosity", "0"]
+        command += ["--worker-class", "bench.floor_work.ForkingFloorWorker", tier]
+        worker_class = "bench.floor_work.ForkingFloorWorker (workers.rq_worker.ExecutionWorker)"
     else:
-        command = [*MANAGE, "rqworker", "--worker-class", WORKER_CLASSES[worker_class]]
-        command += ["--serializer", "rq.serializers.JSONSerializer", tier]
-    started_workers = [env.start(command, "floor-workers") for _ in range(workers)]
+        command = [PYTHON, "-m", "bench.floor_worker", "--slots", str(runs_per_worker), tier]
+        # The pool run_execution_worker gives a threaded worker (workers/supervisor.py).
+        extra["DB_POOL_SIZE"] = os.environ.get(
+            "DB_POOL_SIZE", str(min(runs_per_worker, THREADED_POOL_SIZE))
+        )
+        worker_class = "bench.floor_work.FloorSlot (workers.threaded.ThreadedHost)"
+    started = [env.start(command, "floor-workers", **extra) for _ in range(workers)]
     plain = redis.Redis.from_url(env.redis_url)
+    client = FloorClient(
+        env.redis_url,
+        job_timeout=job_timeout,
+        result_ttl=queues.RESULT_TTL_SECONDS,
+        failure_ttl=queues.FAILURE_TTL_SECONDS,
+    )
+    pids = [p.pid for p in started]
     try:
-        wait_until(
-            lambda: len(Worker.all(connection=plain)) >= workers * slots, 120, "floor workers"
-        )
-        time.sleep(1.0)  # let them settle into their blocking dequeue
-        enqueuer = redis.Redis.from_url(env.redis_url)
-        poller = counting_client(env.redis_url)
-        queue = Queue(tier, connection=enqueuer, serializer=JSONSerializer)
-        ids = [str(uuid.uuid4()) for _ in range(jobs)]
-        before = commandstats(poller)
-        started = datetime.now(UTC)
-        for job_id in ids:
-            queue.enqueue_call(
-                "bench.noop.noop",
-                job_id=job_id,
-                timeout=timeout,
-                result_ttl=queues.RESULT_TTL_SECONDS,
-                failure_ttl=queues.FAILURE_TTL_SECONDS,
-            )
-        # Read through the poller, whose commands are not counted as RQ's; the
-        # AES's own finished jobs of this queue are there too, expiring.
-        finished = FinishedJobRegistry(tier, connection=poller, serializer=JSONSerializer)
-        ours = set(ids)
-        wait_until(
-            lambda: len(ours.intersection(finished.get_job_ids())) >= jobs,
-            30 + jobs / 5,
-            "the no-op jobs",
-        )
-        own = dict(poller.sent)  # the bench's polling and INFO are not RQ's
-        calls = diff(commandstats(poller), before)
-        for name, n in own.items():
-            calls[name] = calls.get(name, 0) - n
-        ended = [
-            j.ended_at for j in Job.fetch_many(ids, connection=plain, serializer=JSONSerializer)
-        ]
-        last = max(e for e in ended if e is not None).replace(tzinfo=UTC)
-        seconds = (last - started).total_seconds()
+
+        def ready() -> bool:
+            for process in started:
+                if process.poll() is not None:
+                    raise RuntimeError(f"a floor worker exited; see {env.workdir}")
+            mine = [w for w in Worker.all(connection=plain) if w.pid in pids]
+            return len(mine) >= workers * runs_per_worker
+
+        wait_until(ready, 120, "the floor workers", interval=0.25)
+        load.sequential(client, make, warmup, tier, timeout=120)
+        ids = load.sequential(client, make, latency_runs, tier, timeout=120)
         figures: dict[str, Any] = {
-            "floor_worker_class": WORKER_CLASSES[worker_class],
-            "floor_worker_processes": workers,
-            "floor_jobs": jobs,
-            "floor_seconds": round(seconds, 3),
-            "floor_jobs_per_second": round(jobs / seconds, 1),
-            "floor_redis_commands_per_job": round(sum(calls.values()) / jobs, 2),
+            "fair_floor_worker_class": worker_class,
+            "fair_floor_worker_processes": workers,
+            "fair_floor_runs_per_worker": runs_per_worker,
         }
-        figures.update(_per(calls, jobs, "floor_redis_commands_per_job"))
-        figures.update(_ping_latencies(queue, plain, pings, result_ttl=queues.RESULT_TTL_SECONDS))
+        low = report.latencies(client, ids, llm_latency, "fair_floor_low_load")
+        figures.update(low)
+        batch = [make(i) for i in range(runs)]
+        batch_ids = [r["correlation_id"] for r in batch]
+        poller = counting_client(env.redis_url)  # its INFO calls are the bench's
+        before = {
+            "calls": commandstats(poller),
+            "counts": read_counts(env.count_dir),
+            "sent": client.sent(),
+            "cpu": _cpu_seconds(pids),
+            "llm_cpu": process_cpu_seconds(llm_pid) if llm_pid else 0.0,
+            "redis_cpu": server_cpu(poller),
+        }
+        deadline = time.monotonic() + timeout
+        if in_flight:
+            load.closed_loop(client, batch, tier, in_flight, deadline)
+        else:
+            client.push(batch, tier)
+        complete = client.wait_for(batch_ids, max(0.0, deadline - time.monotonic()))
+        cpu = _cpu_seconds(pids)
+        time.sleep(0.5)  # the instrumented processes flush their counters every 0.2 s
+        own = dict(poller.sent)
+        calls = diff(commandstats(poller), before["calls"])
+        for name, n in [*diff(client.sent(), before["sent"]).items(), *own.items()]:
+            calls[name] = calls.get(name, 0) - n
+        counts = counts_diff(read_counts(env.count_dir), before["counts"])
+        done = [i for i in batch_ids if i in client.received]
+        times = sorted(client.received[i][0].at for i in done)
+        seconds = times[-1] - min(client.pushed_at[i] for i in batch_ids) if times else None
+        n = len(done) or 1
+        total = sum(calls.values())
+        figures.update(
+            {
+                "fair_floor_jobs": runs,
+                "fair_floor_callbacks": len(done),
+                "fair_floor_all_answered": complete,
+                "fair_floor_seconds": round(seconds, 2) if seconds else None,
+                "fair_floor_jobs_per_second": round(n / seconds, 1) if seconds else None,
+                "fair_floor_cpu_ms_per_job": round((cpu - before["cpu"]) * 1000 / n, 2),
+                "fair_floor_llm_standin_cpu_ms_per_job": round(
+                    (process_cpu_seconds(llm_pid) - before["llm_cpu"]) * 1000 / n, 2
+                )
+                if llm_pid
+                else None,
+                "fair_floor_redis_server_cpu_ms_per_job": round(
+                    (server_cpu(poller) - before["redis_cpu"]) * 1000 / n, 2
+                ),
+                "fair_floor_redis_commands_per_job": round(total / n, 2),
+                "rq_redis_commands_per_job": round(total / n - JOB_OWN_REDIS_COMMANDS, 2),
+                "fair_floor_sql_statements_per_job": round(
+                    sum(merged(counts, "sql", ROLES).values()) / n, 2
+                ),
+                "fair_floor_redis_roundtrips_per_job": round(
+                    sum(merged(counts, "trips", ROLES).values()) / n, 2
+                ),
+            }
+        )
+        figures.update(report.per(calls, n, "fair_floor_redis_commands_per_job"))
+        figures.update(report.latencies(client, done, llm_latency, "fair_floor_load"))
         return figures
     finally:
-        processes.stop_all(started_workers, STOP_SECONDS)
-        env.children = [c for c in env.children if c not in started_workers]
-
-
-def _ping_latencies(
-    queue: Queue, client: redis.Redis, pings: int, result_ttl: int
-) -> dict[str, float]:
-    """Enqueue→done latency of jobs sent one at a time: the floor of the AES's overhead."""
-    key = "bench:floor:pings"
-    seconds = []
-    for _ in range(pings):
-        start = time.monotonic()
-        queue.enqueue_call("bench.noop.ping", args=(key,), result_ttl=result_ttl)
-        if client.brpop([key], timeout=30) is None:
-            raise TimeoutError("a floor ping job did not run within 30 s")
-        seconds.append(time.monotonic() - start)
-    figures = {f"floor_low_load_latency_p{p}_ms": percentile(seconds, p) for p in (50, 95, 99)}
-    return {name: round(value * 1000, 1) for name, value in figures.items()}
-
-
-def _per(calls: dict[str, int], jobs: int, prefix: str) -> dict[str, float]:
-    """`{prefix}.{command}`: each command's calls per job, the most frequent first."""
-    ranked = sorted(calls.items(), key=lambda item: -item[1])
-    return {f"{prefix}.{name}": round(count / jobs, 2) for name, count in ranked if count}
+        client.close()
+        processes.stop_all(started, STOP_SECONDS)
+        env.children = [c for c in env.children if c not in started]
 
 
 def lpush_brpop(env: Env, pairs: int = 5000) -> dict[str, Any]:

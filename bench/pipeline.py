@@ -243,9 +243,17 @@ class Pipeline:
             self.service.kill()
             self.service.wait(timeout=10)
 
-    def stop(self) -> None:
-        """Stop the service (warm: its runs in hand finish), then the stand-ins."""
+    def stop(self, *, keep_llm: bool = False) -> None:
+        """Stop the service (warm: its runs in hand finish), then the stand-ins.
+
+        With `keep_llm` the LLM stand-in goes on serving (the fair floor calls
+        it next); stop_llm() stops it.
+        """
         if self.service is not None:
             processes.stop(self.service, STOP_SECONDS)
-        standins = [p for p in (self.peers, self.llm) if p is not None]
+        standins = [p for p in (self.peers, None if keep_llm else self.llm) if p is not None]
         processes.stop_all(standins, STOP_SECONDS)
+
+    def stop_llm(self) -> None:
+        if self.llm is not None:
+            processes.stop(self.llm, STOP_SECONDS)

@@ -76,6 +76,9 @@ class _Counts:
 
 
 def _role() -> str:
+    # The bench names the processes whose argv says nothing (python -m ...).
+    if os.environ.get("AES_BENCH_ROLE"):
+        return os.environ["AES_BENCH_ROLE"]
     for name, role in (
         ("run_execution_worker", "consumer"),
         ("rqworker", "rqworker"),

@@ -1,4 +1,4 @@
-"""Soak the real pipeline with faults and check that every run ends once.
+"""Soak the real pipeline with faults and check that every run ends once, no step twice.
 
     pip install -r bench/requirements.txt   # once: the service's pins plus psutil
     python -m bench.soak --runs 300 \\
@@ -6,17 +6,23 @@
         --redis-url redis://127.0.0.1:6379/9 --flush
 
 Run from the project's root. Pushes `--runs` runs (`--in-flight` at a time)
-while the LLM stand-in answers HTTP 500 at random and hangs on some runs
-past their `data.timeout`, a random RQ work-horse is SIGKILLed every few
-seconds, now and then a whole RQ worker with its horse (as if its machine
-were lost), and run_execution_worker itself is SIGKILLed and restarted
-periodically. With `--runs-per-worker K` the workers are threaded: there are
-no horses, and a whole worker killed takes up to K runs with it. Then, after
-a bounded wait, checks the database and the callbacks: every pushed
-action_id has exactly one Execution, every Execution is final, every run got
-exactly one callback. Prints `lost=N duplicated=N stuck=N` and exits 1
-unless all three are 0; writes the figures as one flat JSON document
-(`--json`, by default bench/results/soak.json).
+on the service's default shape (`--rq-workers 2`, AES_RUNS_PER_WORKER runs
+per threaded worker; `--runs-per-worker 1` forks a work-horse per run) while
+the LLM stand-in answers HTTP 500 at random and hangs on some runs past their
+`data.timeout`, and processes are SIGKILLed: a random work-horse every few
+seconds (forking workers), now and then a whole RQ worker with its horse or
+its threaded runs (its supervisor resumes them), run_execution_worker alone
+(its workers stop warm; it is started again), and now and then
+run_execution_worker with all its workers at once, as if its machine were
+lost (only the lapsed leases tell; the next service resumes those runs).
+Then, after a bounded wait, checks the database, the callbacks and the
+stand-in's request log: every pushed action_id has exactly one Execution,
+every Execution is final, every run got exactly one callback, and no LLM or
+tool call was made again for a step a run had completed (bench/repeats.py).
+Prints `lost=N duplicated=N stuck=N resumed=N repeated_steps=N` and exits 1
+unless lost, duplicated, stuck and repeated_steps are all 0; writes the
+figures as one flat JSON document (`--json`, by default
+bench/results/soak.json).
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
-from bench import figures
+from bench import figures, repeats
 from bench.common import children_of, prepare, redact
 from bench.load import closed_loop
 from bench.pipeline import Client, Pipeline, agent_run
@@ -40,6 +47,8 @@ QUICK_RECOVERY = {
     "AES_CONSUMER_HEARTBEAT_TTL": "3",
     "AES_REAPER_GRACE_SECONDS": "5",
     "AES_REAPER_INTERVAL_SECONDS": "2",
+    # A lost machine's leases lapse in 6 s (renewed every 2 s), not 15.
+    "AES_RUN_HEARTBEAT_TTL": "6",
 }
 
 
@@ -48,10 +57,13 @@ def parse() -> argparse.Namespace:
         prog="python -m bench.soak", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--runs", type=int, default=10_000)
-    parser.add_argument("--rq-workers", type=int, default=4)
+    parser.add_argument("--rq-workers", type=int, default=2)
     parser.add_argument(
-        "--runs-per-worker", type=int, default=1, help="more than 1: threaded workers"
+        "--runs-per-worker",
+        type=int,
+        help="1: forking workers; more: threads (default: the service's AES_RUNS_PER_WORKER)",
     )
+    parser.add_argument("--llm-latency", type=float, default=0.5, help="seconds per LLM answer")
     parser.add_argument("--in-flight", type=int, default=40)
     parser.add_argument("--tier", help="a tier of the Tier table (default: the one served first)")
     parser.add_argument("--error-rate", type=float, default=0.05, help="LLM answers 500")
@@ -64,7 +76,16 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--horse-kill-every", type=float, default=2.0, help="seconds")
     parser.add_argument("--service-kill-every", type=float, default=20.0, help="seconds")
     parser.add_argument(
-        "--worker-kill-every", type=float, default=30.0, help="seconds; an RQ worker and its horse"
+        "--worker-kill-every",
+        type=float,
+        default=30.0,
+        help="seconds; an RQ worker with its horse or its threaded runs",
+    )
+    parser.add_argument(
+        "--machine-kill-every",
+        type=float,
+        default=45.0,
+        help="seconds; run_execution_worker and all its workers at once (0: never)",
     )
     parser.add_argument("--final-wait", type=float, default=240.0, help="seconds after pushing")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds for pushing")
@@ -102,28 +123,37 @@ def make_runs(args: argparse.Namespace) -> list[dict]:
 
 
 class Chaos(threading.Thread):
-    """SIGKILLs a random work-horse, now and then a whole RQ worker with its horse
-    (a lost machine: only the reaper can end its run), and the whole service
-    (then restarts it)."""
+    """SIGKILLs a random work-horse, now and then a whole RQ worker with its horse or
+    its threaded runs, the service alone (then starts it again), and the service
+    with all its workers at once (a lost machine: only the leases tell)."""
 
     def __init__(
-        self, pipeline: Pipeline, horse_every: float, worker_every: float, service_every: float
+        self,
+        pipeline: Pipeline,
+        horse_every: float,
+        worker_every: float,
+        service_every: float,
+        machine_every: float,
     ) -> None:
         super().__init__(name="chaos", daemon=True)
         self.pipeline = pipeline
         self.horse_every = horse_every
         self.worker_every = worker_every
         self.service_every = service_every
+        self.machine_every = machine_every
         self.halt = threading.Event()
         self.horses_killed = 0
         self.workers_killed = 0
         self.service_kills = 0
+        self.machines_lost = 0
         self.errors = 0
         self.rng = random.Random(2)
 
     def run(self) -> None:
-        next_service_kill = time.monotonic() + self.service_every
-        next_worker_kill = time.monotonic() + self.worker_every
+        now = time.monotonic()
+        next_service_kill = now + self.service_every
+        next_worker_kill = now + self.worker_every
+        next_machine_loss = now + self.machine_every if self.machine_every else float("inf")
         while not self.halt.wait(self.horse_every):
             # A fault that cannot be injected this time is tried again later:
             # the soak must not go on quietly without its faults.
@@ -132,6 +162,10 @@ class Chaos(threading.Thread):
                 if time.monotonic() >= next_worker_kill:
                     self._kill_a_worker()
                     next_worker_kill = time.monotonic() + self.worker_every
+                if time.monotonic() >= next_machine_loss:
+                    self._lose_the_machine()
+                    next_machine_loss = time.monotonic() + self.machine_every
+                    next_service_kill = max(next_service_kill, time.monotonic() + 5)
                 if time.monotonic() >= next_service_kill:
                     self.pipeline.kill_service()
                     self.service_kills += 1
@@ -157,6 +191,21 @@ class Chaos(threading.Thread):
                 pass
         self.workers_killed += 1
 
+    def _lose_the_machine(self) -> None:
+        """SIGKILL run_execution_worker, its RQ workers and their horses together."""
+        service = self.pipeline.service
+        if service is None or service.poll() is not None:
+            return
+        workers = children_of(service.pid)
+        for pid in [service.pid, *workers, *(h for w in workers for h in children_of(w))]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        service.wait(timeout=10)
+        self.machines_lost += 1
+        self.pipeline.start_service()
+
     def _kill_a_horse(self) -> None:
         service = self.pipeline.service
         if service is None or service.poll() is not None:
@@ -179,11 +228,11 @@ def check(client: Client, runs: list[dict]) -> dict:
     for start in range(0, len(ids), 1000):
         chunk = ids[start : start + 1000]
         for row in Execution.objects.filter(action_id__in=chunk).values(
-            "action_id", "id", "status", "error_code"
+            "action_id", "id", "status", "error_code", "resumes"
         ):
             rows[row["action_id"]] = row
     by_status: dict[str, int] = {}
-    missing = no_callback = duplicated = same_event = stuck = 0
+    missing = no_callback = duplicated = same_event = stuck = resumed = resumes = 0
     for action_id in ids:
         row = rows.get(action_id)
         if row is None:
@@ -193,6 +242,8 @@ def check(client: Client, runs: list[dict]) -> dict:
         by_status[key] = by_status.get(key, 0) + 1
         if row["status"] not in FINAL_STATUSES:
             stuck += 1
+        resumed += row["resumes"] > 0
+        resumes += row["resumes"]
         got = [
             r.callback
             for r in client.received.get(action_id, [])
@@ -216,19 +267,93 @@ def check(client: Client, runs: list[dict]) -> dict:
         "duplicated": duplicated,
         "duplicated_same_event_id": same_event,
         "stuck": stuck,
+        "resumed": resumed,
+        "resumes_total": resumes,
         "callbacks_without_execution": strays,
         "by_status": dict(sorted(by_status.items(), key=lambda kv: -kv[1])),
     }
+
+
+def steps_made_twice(runs: list[dict], log_path: Path) -> tuple[dict, dict]:
+    """Count the steps made twice (bench/repeats.py), then check that the count can fail.
+
+    The check plants three repeats in the real data: a copy of a completed
+    run's LLM step (same llm_call_N), a copy of another's tool step (same
+    tool_call_id), and a request log line re-sending a third run's recorded
+    prompt. The planted rows are deleted again. Return (figures, self-check).
+    """
+    from executions.models import Execution, ExecutionStep
+
+    ids = [r["action_id"] for r in runs]
+    by_message: dict[str, str] = {}
+    for start in range(0, len(ids), 1000):
+        for row in Execution.objects.filter(action_id__in=ids[start : start + 1000]).values(
+            "id", "message"
+        ):
+            by_message[row["message"]] = str(row["id"])
+    executions = list(by_message.values())
+    fields = ("id", "execution_id", "kind", "name", "input", "replay", "created_at", "attempt")
+
+    def steps() -> list[dict]:
+        found = []
+        for start in range(0, len(executions), 1000):
+            chunk = executions[start : start + 1000]
+            found.extend(ExecutionStep.objects.filter(execution_id__in=chunk).values(*fields))
+        return found
+
+    requests = repeats.read_log(log_path)
+    journal = steps()
+    found = repeats.repeated_steps(requests, journal, by_message)
+
+    # The self-check, on three runs of their own.
+    llm_steps = [s for s in journal if s["kind"] == "llm" and s["replay"]]
+    tool_steps = [s for s in journal if s["kind"] == "tool" and s["replay"]]
+    recorded = {(str(s["execution_id"]), (s["input"] or {}).get("messages")) for s in llm_steps}
+    check: dict = {"planted": 3}
+    used: set[str] = set()
+    planted_rows = []
+    try:
+        for source in (llm_steps, tool_steps):
+            step = next(s for s in source if str(s["execution_id"]) not in used)
+            used.add(str(step["execution_id"]))
+            copy = {k: v for k, v in step.items() if k not in ("id", "execution_id")}
+            copy["attempt"] += 1
+            planted_rows.append(
+                ExecutionStep.objects.create(execution_id=step["execution_id"], **copy).pk
+            )
+        resend = next(
+            r
+            for r in requests
+            if r["status"] == 200
+            and by_message.get(r["run"]) not in used | {None}
+            and (by_message[r["run"]], r["messages"]) in recorded
+        )
+        now = time.time()
+        planted_log = [*requests, {**resend, "arrived": now, "answered": now}]
+        again = repeats.repeated_steps(planted_log, steps(), by_message)
+        check["counted"] = again["repeated_steps"] - found["repeated_steps"]
+    except StopIteration:
+        check["counted"] = None  # too few runs with steps to plant in
+    finally:
+        ExecutionStep.objects.filter(pk__in=planted_rows).delete()
+    check["passed"] = check["counted"] == check["planted"]
+    return found, check
 
 
 def main() -> None:
     args = parse()
     machine = figures.machine()
     env = prepare(args.database_url, args.redis_url, flush=args.flush)
+    from django.conf import settings  # read once prepare() has set the environment up
+
+    if args.runs_per_worker is None:
+        args.runs_per_worker = settings.AES_RUNS_PER_WORKER
     args.tier = env.tier(args.tier)
     print(f"database {redact(env.database_url)}, Redis {redact(env.redis_url)}, logs {env.workdir}")
     runs = make_runs(args)
+    request_log = env.workdir / "llm-requests.jsonl"
     llm_args = ["--error-rate", str(args.error_rate), "--hang-seconds", "6"]
+    llm_args += ["--latency", str(args.llm_latency), "--request-log", str(request_log)]
     pipeline = Pipeline(
         env,
         rq_workers=args.rq_workers,
@@ -237,10 +362,17 @@ def main() -> None:
         service_env=QUICK_RECOVERY,
     )
     client = Client(env.redis_url)
-    chaos = Chaos(pipeline, args.horse_kill_every, args.worker_kill_every, args.service_kill_every)
+    chaos = Chaos(
+        pipeline,
+        args.horse_kill_every,
+        args.worker_kill_every,
+        args.service_kill_every,
+        args.machine_kill_every,
+    )
     started = time.monotonic()
     try:
         pipeline.start()
+        print(f"service up: {args.rq_workers} RQ workers x {args.runs_per_worker} runs", flush=True)
         chaos.start()
         closed_loop(client, runs, args.tier, args.in_flight, started + args.timeout)
         chaos.halt.set()
@@ -249,7 +381,8 @@ def main() -> None:
         print(
             f"pushed {len(client.pushed_at)} runs in {push_seconds:.0f}s; "
             f"killed {chaos.horses_killed} work-horses, {chaos.workers_killed} RQ workers "
-            f"with their horse or runs, {chaos.service_kills} services "
+            f"with their horse or runs, {chaos.service_kills} services alone, "
+            f"{chaos.machines_lost} services with all their workers "
             f"({chaos.errors} chaos errors)",
             flush=True,
         )
@@ -262,18 +395,29 @@ def main() -> None:
         client.close()
         pipeline.stop()
         env.stop_children()
+    twice, self_check = steps_made_twice(runs, request_log)
     seconds = time.monotonic() - started
     print(f"runs={args.runs} seconds={seconds:.0f} dead_letters={dead}")
     print(f"by status: {result['by_status']}")
     print(", ".join(f"{k}={v}" for k, v in result.items() if k != "by_status"))
-    print(f"lost={result['lost']} duplicated={result['duplicated']} stuck={result['stuck']}")
+    print(", ".join(f"{k}={v}" for k, v in twice.items()))
+    print(
+        f"repeated-steps self-check: {self_check['counted']} of {self_check['planted']} planted "
+        f"repeats counted: {'passed' if self_check['passed'] else 'FAILED'}"
+    )
+    print(
+        f"lost={result['lost']} duplicated={result['duplicated']} stuck={result['stuck']} "
+        f"resumed={result['resumed']} repeated_steps={twice['repeated_steps']}"
+    )
     measured = {
         "runs_pushed": len(client.pushed_at),
         "push_seconds": round(push_seconds, 1),
         "soak_seconds": round(seconds, 1),
+        "service_default_runs_per_worker": settings.AES_RUNS_PER_WORKER,
         "work_horses_killed": chaos.horses_killed,
         "rq_workers_killed": chaos.workers_killed,
         "services_killed": chaos.service_kills,
+        "services_killed_with_their_workers": chaos.machines_lost,
         "fault_injection_errors": chaos.errors,
         "dead_letters": dead,
         **{
@@ -281,10 +425,15 @@ def main() -> None:
             for k, v in result.items()
             if k != "by_status"
         },
+        **twice,
+        "repeated_steps_self_check_planted": self_check["planted"],
+        "repeated_steps_self_check_counted": self_check["counted"],
+        "repeated_steps_self_check_passed": self_check["passed"],
         **figures.flat("runs_by_status", result["by_status"]),
     }
     figures.write(args.json, figures.document("soak", args, machine, measured))
-    sys.exit(0 if result["lost"] == result["duplicated"] == result["stuck"] == 0 else 1)
+    ok = result["lost"] == result["duplicated"] == result["stuck"] == twice["repeated_steps"] == 0
+    sys.exit(0 if ok and self_check["passed"] else 1)
 
 
 if __name__ == "__main__":

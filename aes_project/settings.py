@@ -207,10 +207,16 @@ AES_CONSUMER_HEARTBEAT_TTL = env_float("AES_CONSUMER_HEARTBEAT_TTL", 30.0, minim
 AES_REAPER_GRACE_SECONDS = env_float("AES_REAPER_GRACE_SECONDS", 60.0)
 # Seconds between two reaper passes.
 AES_REAPER_INTERVAL_SECONDS = env_float("AES_REAPER_INTERVAL_SECONDS", 15.0, minimum=0.5)
-# Runs each RQ worker process of run_execution_worker executes at once: 1
-# forks a work-horse per run (isolation); more run in threads of one process
-# (memory and connections shared; for I/O-bound agents). docs/performance.md.
-AES_RUNS_PER_WORKER = int(env_float("AES_RUNS_PER_WORKER", 1, minimum=1))
+# Seconds a running run's lease lives without its process's heartbeat: a
+# worker that stops is noticed this long after, and its runs resumed (§9).
+AES_RUN_HEARTBEAT_TTL = env_float("AES_RUN_HEARTBEAT_TTL", 15.0, minimum=1.0)
+# Times a run is resumed after losing its worker before it fails WORKER_LOST.
+AES_MAX_RESUMES = int(env_float("AES_MAX_RESUMES", 2, minimum=0))
+# Runs each RQ worker process executes at once, in threads: a run waits on
+# its model nearly all the time, and an idle slot costs ~20 KiB (500 slots:
+# 115 MiB of RSS in all). 1 forks a work-horse per run instead, for
+# isolation. Sizing: docs/operations.md.
+AES_RUNS_PER_WORKER = int(env_float("AES_RUNS_PER_WORKER", 500, minimum=1))
 # Bytes above which a queued message is refused without parsing.
 AES_MAX_MESSAGE_BYTES = int(env_float("AES_MAX_MESSAGE_BYTES", 1024 * 1024, minimum=1024))
 

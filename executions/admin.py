@@ -33,6 +33,7 @@ class ExecutionAdmin(admin.ModelAdmin):
         "session_id",
         "task_id",
         "iterations",
+        "resumes",
         "total_tokens",
         "duration_ms",
         "queued_at",

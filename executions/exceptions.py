@@ -64,3 +64,14 @@ class MaxIterations(RunError):
 
 class Cancelled(RunError):
     code, status = "CANCELLED", "cancelled"
+
+
+class WorkerLost(RunError):
+    code = "WORKER_LOST"
+
+
+class Superseded(Exception):
+    """A later attempt took the run over (§9): this one stops and writes nothing more.
+
+    Not a RunError: it ends no run, the attempt that holds the run does.
+    """

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 
 from aes_project import logs
-from executions import lifecycle, outbox
+from executions import leases, lifecycle, outbox
 from executions.agent import run
-from executions.models import Execution
+from executions.exceptions import Superseded
+from executions.models import Execution, Status
 from tiers import lookup
 
 log = logging.getLogger(__name__)
@@ -24,12 +25,14 @@ def run_execution(execution_id: str) -> str:
     if execution is None:
         log.warning("job for unknown execution %s dropped", execution_id)
         return "missing"
+    attempt = execution.resumes
     try:
         with logs.run_context(
             execution_id=execution_id, task_id=execution.task_id, tenant_id=execution.tenant_id
         ):
             return _run_execution(execution)
     finally:
+        leases.heartbeat().release(execution_id, attempt)
         # Not held through RQ's own bookkeeping after the job (threaded workers).
         run.release_connection()
 
@@ -44,7 +47,16 @@ def _run_execution(execution: Execution) -> str:
     if tier is None:
         lifecycle.reject_unknown_tier(execution)
         return execution.status
-    if (waiting := lifecycle.begin(execution, tier)) is not None:
+    if execution.status == Status.RUNNING:
+        # A resumed run (§9), or a stray job of a run another process holds.
+        if not lifecycle.take_over(execution):
+            return "held-elsewhere"
+    elif (waiting := lifecycle.begin(execution, tier)) is not None:
         return waiting
-    lifecycle.conclude(execution, run.run(execution, tier))
+    try:
+        outcome = run.run(execution, tier)
+    except Superseded:
+        log.warning("execution %s: a later attempt holds it; this one stops", execution.id)
+        return "superseded"
+    lifecycle.conclude(execution, outcome)
     return execution.status

@@ -16,8 +16,8 @@ import uuid
 import redis
 
 from aes_project import redis_clients
-from executions import admission, gates, outbox, queues
-from executions.exceptions import Cancelled, InvalidAction
+from executions import admission, gates, leases, outbox, queues
+from executions.exceptions import Cancelled, InvalidAction, Superseded
 from executions.models import FINAL_STATUSES, Execution, Status, execution_id_for
 from executions.outcome import Outcome
 from protocol import keys
@@ -119,12 +119,35 @@ def begin(execution: Execution, tier: Tier) -> str | None:
     requested = AgentRunData.model_validate(execution.request["data"]).timeout
     if not execution.start(tier.limits(), min(tier.timeout_seconds, requested or math.inf)):
         return "not-claimed"
+    leases.heartbeat().take(execution_id, execution.resumes)
     return None
+
+
+def take_over(execution: Execution) -> bool:
+    """Take a running run's lease for its current attempt; False when another process holds it.
+
+    A resumed run's job finds its row `running` with `resumes` already
+    counted (recovery.recover); a stray second job of a live run finds the
+    lease held, or the run never resumed.
+    """
+    if execution.resumes == 0:
+        return False
+    if not leases.heartbeat().take(str(execution.id), execution.resumes):
+        return False
+    log.warning("execution %s resumed: attempt %d", execution.id, execution.resumes + 1)
+    return True
 
 
 def conclude(execution: Execution, outcome: Outcome) -> bool:
     """End the run with `outcome`: one callback, its gates freed; False if it had ended."""
     won = execution.finish(outcome)
+    leases.heartbeat().release(str(execution.id), execution.resumes)
+    if (
+        not won
+        and not Execution.objects.filter(pk=execution.pk, status__in=FINAL_STATUSES).exists()
+    ):
+        # A later attempt holds the run (§9): its gates are its own.
+        return False
     if won:
         log.info(
             "execution %s ended %s%s",
@@ -198,31 +221,19 @@ def is_cancelled(execution_id: str) -> bool:
     return bool(redis_clients.shared().exists(keys.cancel_flag(execution_id)))
 
 
-def cancel_checker(execution_id: str):
-    """Return a function raising Cancelled once the execution is cancelled."""
+def run_checker(execution: Execution):
+    """Return the check a running attempt makes before every step and every second it waits.
+
+    It raises Superseded once this process's lease on the run was found lost
+    (no Redis command: the heartbeat found it), and Cancelled once a cancel
+    was requested.
+    """
+    heartbeat, execution_id, attempt = leases.heartbeat(), str(execution.id), execution.resumes
 
     def check() -> None:
+        if heartbeat.lost(execution_id, attempt):
+            raise Superseded(f"execution {execution_id} is held by a later attempt")
         if is_cancelled(execution_id):
             raise Cancelled("the run was cancelled")
 
     return check
-
-
-def close_abandoned(execution_id: str, reason: str) -> bool:
-    """End an execution whose job died before finishing it, with one callback.
-
-    Not retried once started: the dead job may have called the LLM or saved
-    messages, and running it again could answer or bill twice. The caller
-    may send the request again with a new action_id. A run whose job died
-    before it started (still `queued`) did nothing: it is enqueued again.
-    Return True when this call ended the run.
-    """
-    execution = Execution.objects.filter(pk=execution_id).first()
-    if execution is None or execution.is_final:
-        return False
-    if execution.status == Status.QUEUED:
-        log.warning("execution %s enqueued again: %s before it started", execution_id, reason)
-        queues.enqueue(execution, wake=True)
-        return False
-    log.error("execution %s abandoned: %s", execution_id, reason)
-    return conclude(execution, Outcome.internal(reason))

@@ -58,6 +58,9 @@ class Execution(models.Model):
     error_message = models.TextField(null=True, blank=True)
 
     iterations = models.PositiveIntegerField(default=0)
+    resumes = models.PositiveIntegerField(
+        default=0, help_text="Times the run was resumed after its worker was lost."
+    )
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     total_tokens = models.PositiveIntegerField(default=0)
@@ -144,10 +147,14 @@ class Execution(models.Model):
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
 
-    def _claim(self, from_statuses: list[str], **changes: Any) -> bool:
+    def _claim(self, from_statuses: list[str], *, fence: bool = False, **changes: Any) -> bool:
         # A conditional UPDATE instead of a lock: of two processes racing for
         # the same transition, exactly one sees a row count of 1 and goes on.
-        won = Execution.objects.filter(pk=self.pk, status__in=from_statuses).update(**changes) == 1
+        # With `fence`, only while no later attempt took the run over (§9).
+        rows = Execution.objects.filter(pk=self.pk, status__in=from_statuses)
+        if fence:
+            rows = rows.filter(resumes=self.resumes)
+        won = rows.update(**changes) == 1
         if won:
             for field, value in changes.items():
                 setattr(self, field, value)
@@ -197,12 +204,17 @@ class Execution(models.Model):
             iterations=ended["iterations"],
             usage=result.usage,
             execution_time_ms=ended["duration_ms"],
+            resumes=self.resumes,
             error=ErrorInfo(code=outcome.error_code, message=outcome.error_message or "")
             if outcome.error_code
             else None,
         )
         callback = ExecutionCallback.answering(self.request, self.tier, data).dump()
-        return self._claim([Status.QUEUED, Status.RUNNING], **ended, callback=callback)
+        return self._claim([Status.QUEUED, Status.RUNNING], fence=True, **ended, callback=callback)
+
+    def resume(self) -> bool:
+        """Hand the running run to a new attempt (its worker was lost); False if it moved on."""
+        return self._claim([Status.RUNNING], fence=True, resumes=self.resumes + 1)
 
     def mark_callback_sent(self) -> None:
         """Mark the stored callback as delivered to its queue."""
@@ -210,12 +222,19 @@ class Execution(models.Model):
         Execution.objects.filter(pk=self.pk).update(callback_sent_at=self.callback_sent_at)
 
     def add_step(self, kind: str, name: str, **fields: Any) -> ExecutionStep:
-        """Record one LLM call or tool call of this execution."""
-        return ExecutionStep.objects.create(execution=self, kind=kind, name=name, **fields)
+        """Record one LLM call, tool call or note of this execution's current attempt."""
+        return ExecutionStep.objects.create(
+            execution=self, kind=kind, name=name, attempt=self.resumes + 1, **fields
+        )
+
+    def journal(self) -> list[ExecutionStep]:
+        """Return the steps a resumed attempt goes on from, in order."""
+        return list(self.steps.filter(replay__isnull=False))
 
 
 # The fields of a step that people read, in the admin and the API.
 STEP_FIELDS = (
+    "attempt",
     "kind",
     "name",
     "input",
@@ -244,6 +263,12 @@ class ExecutionStep(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     duration_ms = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
+    attempt = models.PositiveIntegerField(
+        default=1, help_text="1 for the run's first attempt, 2 after one resume, and so on."
+    )
+    replay = models.JSONField(
+        null=True, blank=True, help_text="What a resumed attempt needs to go on from this step."
+    )
 
     class Meta:
         ordering = ["created_at", "id"]

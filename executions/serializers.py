@@ -29,6 +29,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "response",
             "error",
             "iterations",
+            "resumes",
             "usage",
             "queued_at",
             "started_at",

@@ -12,6 +12,7 @@ RESERVED_PREFIXES = ("execution:", "agent_config:", "conversation_history:", "rq
 DEAD_LETTER = "execution:dead_letter"
 CONSUMERS = "execution:consumers"  # set of consumer ids that may hold messages
 REAPER_LOCK = "execution:reaper:lock"
+LIVENESS_LOCK = "execution:liveness:lock"  # one look for lost runs at a time
 METRICS_INDEX = "execution:metrics:index"  # set of the metrics hashes that exist
 # Followed by a message's SHA-1: how often dead consumers held that message.
 RECOVERED_PREFIX = "execution:recovered:"
@@ -68,6 +69,11 @@ def consumer_alive(consumer_id: str) -> str:
 
 def cancel_flag(execution_id: str) -> str:
     return f"execution:cancel:{execution_id}"
+
+
+def lease(execution_id: str) -> str:
+    """Held by the process running the run, as long as its heartbeat renews it (§9)."""
+    return f"execution:lease:{execution_id}"
 
 
 def outbox(execution_id: str) -> str:

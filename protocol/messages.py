@@ -251,6 +251,7 @@ class ExecutionCallbackData(BaseModel):
     iterations: int = 0
     usage: Usage = Field(default_factory=Usage)
     execution_time_ms: int = 0
+    resumes: int = 0
     error: ErrorInfo | None = None
 
 

@@ -74,7 +74,11 @@ def test_a_token_sees_only_its_tenants_executions(client, two_tenants):
 
     assert client.get(f"/api/executions/{mine.id}/", **headers).status_code == 200
     steps = client.get(f"/api/executions/{mine.id}/steps/", **headers).json()
-    assert [step["kind"] for step in steps] == ["llm"]
+    # The LLM call, and the journal's note that the turn was saved to CS.
+    assert [(step["kind"], step["name"]) for step in steps] == [
+        ("llm", "llm_call_1"),
+        ("note", "messages_saved"),
+    ]
     session = client.get("/api/sessions/s-a/executions/", **headers).json()["results"]
     assert [row["id"] for row in session] == [str(mine.id)]
 

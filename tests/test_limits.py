@@ -6,6 +6,7 @@ import pytest
 
 from executions import gates, lifecycle
 from executions.models import Execution
+from executions.outcome import Outcome
 from tests.helpers import agent_run, callbacks, consume, push, run_one, work
 from tiers.models import Tier
 
@@ -104,7 +105,7 @@ def test_a_run_over_the_concurrency_limit_waits_for_a_slot_and_then_runs(peers, 
     assert len(llm.requests) == llm_calls_before
 
     # One holder ends; the waiting run is woken and completes.
-    lifecycle.close_abandoned(str(holders[0].id), "test: the holder ended")
+    lifecycle.conclude(holders[0], Outcome.internal("test: the holder ended"))
     work()
     waiting.refresh_from_db()
     assert waiting.status == "completed"

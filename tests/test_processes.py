@@ -16,7 +16,6 @@ from protocol import keys
 from tests.helpers import (
     agent_run,
     callbacks,
-    children,
     consume,
     end,
     pid_alive,
@@ -107,59 +106,6 @@ def test_consumer_killed_before_acknowledging_loses_nothing_and_runs_once(peers,
     assert Execution.objects.filter(action_id=message["action_id"]).count() == 1
     assert [c["data"]["status"] for c in callbacks()] == ["completed"]
     assert redis.keys(keys.processing("*", "*")) == []
-
-
-def _run_until_hung(redis, llm) -> tuple[subprocess.Popen, int, int]:
-    """Start the service and one run stuck in its LLM call; return (service, worker, horse)."""
-    llm.push_hang(60)
-    push(agent_run(timeout=2))
-    service = start_service(
-        "--rq-workers",
-        "1",
-        OPENAI_BASE_URL=llm.url,
-        AES_REAPER_GRACE_SECONDS="0",
-        AES_REAPER_INTERVAL_SECONDS="0.5",
-    )
-    try:
-        wait_for(lambda: llm.requests, what="the LLM call")
-        (worker,) = rq_worker_pids(redis)
-        (horse,) = wait_for(lambda: children(worker), what="the work-horse")
-    except BaseException:
-        end(service)  # the test never gets the service to stop it
-        raise
-    return service, worker, horse
-
-
-def test_a_sigkilled_work_horse_fails_its_run_with_one_callback(peers, llm, redis):
-    service, worker, horse = _run_until_hung(redis, llm)
-    try:
-        os.kill(horse, signal.SIGKILL)
-        sent = wait_for(callbacks, what="the callback")
-        assert [c["data"]["error"]["code"] for c in sent] == ["INTERNAL"]
-        assert Execution.objects.get().status == "failed"
-        assert pid_alive(worker)  # the worker lives on and takes the next run
-    finally:
-        service.send_signal(signal.SIGTERM)
-        service.wait(timeout=45)
-        end(service)
-    assert len(callbacks()) == 1
-
-
-def test_a_run_whose_whole_worker_died_is_closed_by_the_reaper(peers, llm, redis):
-    service, worker, horse = _run_until_hung(redis, llm)
-    try:
-        os.kill(worker, signal.SIGKILL)  # the machine's worker is gone, horse and all
-        os.kill(horse, signal.SIGKILL)
-        sent = wait_for(callbacks, timeout=30, what="the reaper's callback")
-        assert [c["data"]["error"]["code"] for c in sent] == ["INTERNAL"]
-        execution = Execution.objects.get()
-        assert execution.status == "failed"
-        assert "lost" in execution.error_message
-    finally:
-        service.send_signal(signal.SIGTERM)
-        service.wait(timeout=45)
-        end(service)
-    assert len(callbacks()) == 1
 
 
 class PrivateRedis:

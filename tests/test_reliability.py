@@ -143,7 +143,9 @@ def test_reaper_leaves_queued_runs_whose_job_waits_alone(redis):
     assert django_rq.get_queue("free").count == 1
 
 
-def test_reaper_closes_a_run_whose_worker_vanished(settings, redis):
+def test_reaper_ends_a_run_stuck_long_past_its_deadline(settings, redis):
+    # Its process lives on (its lease renewed) but never ends it: the reaper
+    # does, once the grace past the deadline is over, with one callback.
     settings.AES_REAPER_GRACE_SECONDS = 0
     push(agent_run())
     consume()
@@ -152,11 +154,11 @@ def test_reaper_closes_a_run_whose_worker_vanished(settings, redis):
     Execution.objects.filter(pk=execution.pk).update(
         deadline_at=timezone.now() - timedelta(seconds=5)
     )
-    assert reaper.reap()["abandoned"] == 1
-    assert reaper.reap()["abandoned"] == 0
+    assert reaper.reap()["expired"] == 1
+    assert reaper.reap()["expired"] == 0
     execution.refresh_from_db()
-    assert (execution.status, execution.error_code) == ("failed", "INTERNAL")
-    assert [c["data"]["error"]["code"] for c in callbacks()] == ["INTERNAL"]
+    assert (execution.status, execution.error_code) == ("timeout", "EXECUTION_TIMEOUT")
+    assert [c["data"]["error"]["code"] for c in callbacks()] == ["EXECUTION_TIMEOUT"]
 
 
 def _finished_but_unsent(peers, llm) -> Execution:

@@ -27,8 +27,9 @@ from tests.helpers import (
     wait_for,
     work,
 )
+from tiers.models import Tier
 from workers import threaded
-from workers.threaded import SlotWorker, ThreadedHost, close_runs_of_dead_host
+from workers.threaded import SlotWorker, ThreadedHost, recover_runs_of_dead_host
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -95,20 +96,21 @@ def test_sigterm_lets_the_runs_in_hand_finish(peers, llm, redis):
     assert redis.smembers(Worker.redis_workers_keys) == set()  # every slot deregistered
 
 
-def test_a_killed_threaded_worker_has_all_its_runs_closed_once(peers, llm, redis):
+def test_a_killed_threaded_worker_has_all_its_runs_resumed_and_each_ends_once(peers, llm, redis):
     llm.latency_seconds = 120
-    # Deadlines two minutes away, and the reaper's default grace: only the
-    # supervisor, which saw its worker die, can end these runs soon.
+    # Leases of the default 15 s: only the supervisor, which saw its worker
+    # die, has these runs resumed this soon.
     with _serving(llm, runs=3, slots=3, timeout=120):
         wait_for(lambda: _running() == 3, what="three runs running")
         (worker,) = rq_worker_pids(redis)
+        llm.latency_seconds = 0  # the resumed attempts are answered at once
         os.kill(worker, signal.SIGKILL)  # every run in that process is lost with it
-        sent = wait_for(lambda: len(callbacks()) >= 3 and callbacks(), timeout=30, what="ends")
+        sent = wait_for(lambda: len(callbacks()) >= 3 and callbacks(), timeout=12, what="ends")
         wait_for(lambda: rq_worker_pids(redis) - {worker}, what="a replacement worker")
     assert not pid_alive(worker)
-    assert [c["data"]["error"]["code"] for c in sent] == ["INTERNAL"] * 3
-    assert all("worker process" in c["data"]["error"]["message"] for c in sent)
-    assert set(Execution.objects.values_list("status", flat=True)) == {"failed"}
+    assert [c["data"]["status"] for c in sent] == ["completed"] * 3
+    assert [c["data"]["resumes"] for c in sent] == [1] * 3
+    assert set(Execution.objects.values_list("status", flat=True)) == {"completed"}
     assert len(callbacks()) == 3
 
 
@@ -135,21 +137,22 @@ def _registered_slot(execution_id: str, pid: int):
     return slot
 
 
-def test_a_dead_hosts_runs_end_and_its_unstarted_runs_run_again(peers, llm, redis):
+def test_a_dead_hosts_runs_are_resumed_and_its_unstarted_runs_run_again(peers, llm, redis):
     push(agent_run(message="taken, never started"))
     push(agent_run(message="running"))
     consume()
     taken, running = Execution.objects.order_by("queued_at")
-    Execution.objects.filter(pk=running.pk).update(status="running")
+    running.start(Tier.objects.get(name="free").limits(), 30)
     redis.delete(django_rq.get_queue("free").key)  # both jobs were taken by the dead process
     dead_pid = 2**22 + 1  # above the kernel's pid_max: no such process
     for execution in (taken, running):
         _registered_slot(str(execution.id), dead_pid)
 
-    assert close_runs_of_dead_host(dead_pid) == 1
+    assert recover_runs_of_dead_host(dead_pid) == 1
     work()
     statuses = dict(Execution.objects.values_list("pk", "status"))
-    assert statuses == {taken.pk: "completed", running.pk: "failed"}
+    assert statuses == {taken.pk: "completed", running.pk: "completed"}
+    assert Execution.objects.get(pk=running.pk).resumes == 1
     assert len(callbacks()) == 2
     assert redis.smembers(Worker.redis_workers_keys) == set()  # the dead slots are deregistered
 

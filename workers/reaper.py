@@ -10,9 +10,9 @@ all of them (a Redis lock), every AES_REAPER_INTERVAL_SECONDS:
    a worker that is gone) are enqueued again; a run still waiting for its
    gates simply goes back to waiting.
 2. `running` runs past their deadline by more than AES_REAPER_GRACE_SECONDS
-   were abandoned (their worker was SIGKILLed or lost with its machine): RQ
-   would have ended a live job by then. They fail with INTERNAL, or end in
-   `timeout` when nothing ran at all, with their one callback.
+   are stuck (RQ would have ended a live job by then; a lost worker's runs
+   are resumed long before, workers/liveness.py): they end `timeout` with
+   what they had produced, and their one callback.
 3. Final runs whose callback was recorded but not pushed (a crash or a Redis
    outage between the two) get it pushed.
 """
@@ -30,7 +30,7 @@ from rq.job import Job, JobStatus
 from rq.worker import Worker
 
 from aes_project import redis_clients
-from executions import lifecycle, outbox, queues
+from executions import outbox, queues, recovery
 from executions.models import Execution, Status
 from protocol import keys
 
@@ -53,7 +53,7 @@ def reap() -> dict[str, int]:
     try:
         return {
             "requeued": _requeue_lost_jobs(),
-            "abandoned": _close_abandoned_runs(),
+            "expired": _expire_stuck_runs(),
             "callbacks": _push_unsent_callbacks(),
         }
     finally:
@@ -115,16 +115,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _close_abandoned_runs() -> int:
+def _expire_stuck_runs() -> int:
     cutoff = timezone.now() - timedelta(seconds=settings.AES_REAPER_GRACE_SECONDS)
     count = 0
     for execution in Execution.objects.filter(status=Status.RUNNING, deadline_at__lt=cutoff)[
         :BATCH
     ]:
-        if lifecycle.close_abandoned(str(execution.id), "the worker running it was lost"):
+        if recovery.expire(execution):
             count += 1
     if count:
-        log.error("reaper: closed %d run(s) abandoned by a lost worker", count)
+        log.error("reaper: ended %d run(s) stuck past their deadline", count)
     return count
 
 

@@ -14,11 +14,11 @@ from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
 from executions.agent import llm
-from executions.lifecycle import close_abandoned
 
 # Imported here, in the worker process, so every forked work-horse starts with
 # the job module (and openai, pydantic, the models) already loaded.
 from executions.queues import RUN_JOB
+from executions.recovery import recover
 from tiers import lookup
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def warm() -> None:
 
     Building the OpenAI client and reading the tiers take about 90 ms: done
     before a fork, each forked work-horse inherits them (measured:
-    bench/profile_run.py --warm, 173 ms to 79 ms per run). No connection is
+    python -m bench.profile_run --warm, 173 ms to 79 ms per run). No connection is
     opened here.
     """
     llm.client()
@@ -82,6 +82,6 @@ class ExecutionWorker(ExecutionJobs, Worker):
         super().fork_work_horse(job, queue)
 
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:
-        """End the execution of a work-horse that died (SIGKILL, OOM) without reporting."""
+        """Resume the run of a work-horse that died (SIGKILL, OOM) without reporting (§9)."""
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
-        close_abandoned(job.id, f"the work-horse died (exit status {ret_val})")
+        recover(job.id, f"its work-horse died (exit status {ret_val})")

@@ -12,7 +12,7 @@ from pathlib import Path
 from django.conf import settings
 
 from aes_project import processes
-from workers.threaded import close_runs_of_dead_host
+from workers.threaded import recover_runs_of_dead_host
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class WorkerPool:
 
     With one run per worker, each is a `manage.py rqworker` forking a
     work-horse per run; with more, a `manage.py rqworker_threads` running
-    that many at once in threads (docs/performance.md weighs the two).
+    that many at once in threads (docs/operations.md sizes the two).
     """
 
     def __init__(
@@ -87,9 +87,9 @@ class WorkerPool:
             )
             self._restart_after[slot] = now + RESTART_BACKOFF_SECONDS
             if self.runs_per_worker > 1:
-                closed = close_runs_of_dead_host(process.pid)
-                if closed:
-                    log.error("ended %d run(s) lost with RQ worker pid %d", closed, process.pid)
+                moved = recover_runs_of_dead_host(process.pid)
+                if moved:
+                    log.error("resuming %d run(s) lost with RQ worker pid %d", moved, process.pid)
             self._spawn(slot)
 
     def running(self) -> bool:

@@ -9,11 +9,12 @@ worker), run in its own thread; one dispatcher takes a job from the tier
 queues, in priority order, only when a slot is free, so jobs this process
 cannot start yet stay in RQ for other workers.
 
-What the threads give up against a forked horse (docs/performance.md weighs
+What the threads give up against a forked horse (docs/operations.md sizes
 it): a run that crashes the interpreter takes its neighbours with it (the
-supervisor ends them at once: `close_runs_of_dead_host`); a job past its RQ timeout is
-stopped by an exception raised in its thread rather than by killing a
-process; and Python runs one thread at a time, so one process per core.
+supervisor has them resumed at once: `recover_runs_of_dead_host`); a job
+past its RQ timeout is stopped by an exception raised in its thread rather
+than by killing a process; and Python runs one thread at a time, so one
+process per core.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
 from aes_project import redis_clients
-from executions.lifecycle import close_abandoned
+from executions.recovery import recover
 from protocol import keys
 from workers.rq_worker import ExecutionJobs, warm
 
@@ -185,15 +186,15 @@ class ThreadedHost:
             log.warning("slot heartbeat failed: %s", exc)
 
 
-def close_runs_of_dead_host(pid: int) -> int:
-    """End, at once, the runs a threaded worker process held when it died.
+def recover_runs_of_dead_host(pid: int) -> int:
+    """Resume, at once, the runs a threaded worker process held when it died (§9).
 
-    Its runs died with it, so there is no reason to wait for their
-    deadlines (the reaper's rule, for machines that vanish whole). Each
-    ends `failed`/INTERNAL with one callback, or runs again if it had not
-    started (`close_abandoned`); return how many were ended. Only for
-    threaded workers: a forking worker's work-horse may outlive its worker
-    and still finish its run.
+    Its runs died with it, so there is no reason to wait for their leases to
+    lapse (workers/liveness.py, for machines that vanish whole). Each is
+    resumed by another worker, or runs again if it had not started
+    (recovery.recover); return how many were moved on. Only for threaded
+    workers: a forking worker's work-horse may outlive its worker and still
+    finish its run.
     """
     connection = redis_clients.shared()
     hostname = socket.gethostname()
@@ -202,7 +203,7 @@ def close_runs_of_dead_host(pid: int) -> int:
         if worker.pid != pid or worker.hostname != hostname:
             continue
         job_id = worker.get_current_job_id()
-        if job_id and close_abandoned(job_id, f"its worker process {pid} died"):
+        if job_id and recover(job_id, f"its worker process {pid} died"):
             closed += 1
         worker.register_death()
     return closed

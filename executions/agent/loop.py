@@ -62,6 +62,57 @@ class Step:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     duration_ms: int = 0
+    # What a resumed attempt needs to go on from this step (§9): for an LLM
+    # call its assistant message, for a tool call its result as the model saw it.
+    replay: dict[str, Any] | None = None
+
+
+@dataclass
+class Replayed:
+    """A step an earlier attempt completed, as its journal holds it."""
+
+    kind: str  # "llm" or "tool"
+    replay: dict[str, Any]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class LoopState:
+    """Where a run stood after the steps of its journal: the loop goes on from here."""
+
+    messages: list[dict[str, Any]]
+    result: LoopResult
+    # Tool calls of the last LLM answer that have no result yet.
+    pending: list[ToolCall] = field(default_factory=list)
+    # The last LLM answer asked for no tool: it is the run's final answer.
+    answered: bool = False
+
+
+def replay(messages: list[dict[str, Any]], journal: list[Replayed]) -> LoopState:
+    """Return the state a run reached after `messages` and the completed steps of `journal`."""
+    state = LoopState(messages=list(messages), result=LoopResult())
+    result = state.result
+    for entry in journal:
+        message = entry.replay["message"]
+        state.messages.append(message)
+        if entry.kind == "llm":
+            result.iterations += 1
+            result.prompt_tokens += entry.prompt_tokens
+            result.completion_tokens += entry.completion_tokens
+            if message.get("content"):
+                result.response = message["content"]
+            calls = message.get("tool_calls") or []
+            state.pending = [
+                ToolCall(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls
+            ]
+            state.answered = not calls
+        else:
+            result.tool_calls.append(entry.replay["tool_call"])
+            result.sources.extend(entry.replay.get("sources", []))
+            done = message.get("tool_call_id")
+            state.pending = [call for call in state.pending if call.id != done]
+    return state
 
 
 # (messages, tool schemas, timeout seconds, max completion tokens) -> Completion
@@ -81,16 +132,22 @@ class AgentLoop:
     check_cancelled: Callable[[], None] = lambda: None
     clock: Callable[[], float] = time.monotonic
 
-    def run(self, messages: list[dict[str, Any]]) -> LoopResult:
+    def run(self, messages: list[dict[str, Any]], journal: list[Replayed] = ()) -> LoopResult:
         """Return the model's final answer; raise MaxIterations or ExecutionTimeout.
 
+        A resumed run passes the `journal` of the steps its earlier attempts
+        completed: they are not made again, the loop goes on after them.
         Either error carries the partial result (steps already recorded, last
         assistant text, usage) in its `partial` attribute.
         """
-        result = LoopResult()
+        state = replay(messages, list(journal))
+        result, messages = state.result, state.messages
+        if state.answered:
+            return result
         schemas = [tool.schema() for tool in self.tools.values()]
-        messages = list(messages)
         try:
+            for call in state.pending:
+                messages.append(self._call_tool(call, result))
             while True:
                 if result.iterations >= self.max_iterations:
                     raise MaxIterations(f"no final answer after {self.max_iterations} LLM calls")
@@ -99,7 +156,7 @@ class AgentLoop:
                     result.response = completion.content
                 if not completion.tool_calls:
                     return result
-                messages.append(_assistant_message(completion))
+                messages.append(assistant_message(completion))
                 for call in completion.tool_calls:
                     messages.append(self._call_tool(call, result))
         except RunError as error:
@@ -148,6 +205,7 @@ class AgentLoop:
                 prompt_tokens=completion.prompt_tokens,
                 completion_tokens=completion.completion_tokens,
                 duration_ms=_ms(self.clock() - began),
+                replay={"message": assistant_message(completion)},
             )
         )
         return completion
@@ -165,12 +223,12 @@ class AgentLoop:
             arguments, error = {}, f"invalid arguments: {exc}"
         if error is None and tool is None:
             error = f"unknown tool {call.name!r}"
-        content = ""
+        content, sources = "", []
         if error is None:
             try:
                 outcome = tool.call(arguments, self.deadline)
-                content = outcome.content
-                result.sources.extend(outcome.sources)
+                content, sources = outcome.content, outcome.sources
+                result.sources.extend(sources)
             except (ExecutionTimeout, Cancelled):
                 raise
             except RunError as exc:
@@ -180,14 +238,14 @@ class AgentLoop:
             content = json.dumps({"error": error})
         duration = _ms(self.clock() - began)
         summary = content[:SUMMARY_CHARS]
-        result.tool_calls.append(
-            {
-                "name": call.name,
-                "arguments": arguments,
-                "result_summary": summary,
-                "duration_ms": duration,
-            }
-        )
+        made = {
+            "name": call.name,
+            "arguments": arguments,
+            "result_summary": summary,
+            "duration_ms": duration,
+        }
+        result.tool_calls.append(made)
+        message = {"role": "tool", "tool_call_id": call.id, "content": content}
         self.save_step(
             Step(
                 kind="tool",
@@ -196,12 +254,14 @@ class AgentLoop:
                 output={"summary": summary},
                 error=error,
                 duration_ms=duration,
+                replay={"message": message, "tool_call": made, "sources": sources},
             )
         )
-        return {"role": "tool", "tool_call_id": call.id, "content": content}
+        return message
 
 
-def _assistant_message(completion: Completion) -> dict[str, Any]:
+def assistant_message(completion: Completion) -> dict[str, Any]:
+    """Return the model's answer as the assistant message the next request carries."""
     return {
         "role": "assistant",
         "content": completion.content,

@@ -11,16 +11,18 @@ from typing import Any, ParamSpec, TypeVar
 
 from django import db
 from django.conf import settings
+from django.utils import timezone
 from rq.timeouts import JobTimeoutException
 
 from executions import gates, lifecycle
 from executions.agent import llm, peers, tools
-from executions.agent.loop import AgentLoop, Step
+from executions.agent.loop import AgentLoop, Replayed, Step, replay
 from executions.exceptions import (
     AgentInactive,
     ExecutionTimeout,
     RateLimited,
     RunError,
+    Superseded,
     TierInsufficient,
     UpstreamTimeout,
 )
@@ -37,11 +39,20 @@ R = TypeVar("R")
 
 
 def run(execution: Execution, tier: Tier) -> Outcome:
-    """Run a started execution of `tier` and return how it ended; never raises."""
+    """Run a started execution of `tier` and return how it ended.
+
+    A resumed execution (§9) goes on from its journal: the LLM and tool
+    calls its earlier attempts completed are not made again, its deadline is
+    the one it started with, and messages already saved are not saved again.
+    Raises only Superseded, when a later attempt has taken the run over.
+    """
     limits: dict[str, Any] = execution.limits
     data = AgentRunData.model_validate(execution.request["data"])
     timeout = (execution.deadline_at - execution.started_at).total_seconds()
-    deadline = time.monotonic() + timeout
+    left = (execution.deadline_at - timezone.now()).total_seconds()
+    deadline = time.monotonic() + left
+    resumed = execution.resumes > 0
+    journal = _journal(execution) if resumed else []
     caller = peers.Caller(
         task_id=execution.task_id,
         tenant_id=execution.tenant_id,
@@ -51,7 +62,8 @@ def run(execution: Execution, tier: Tier) -> Outcome:
     result: LoopResult | None = None
     release_connection()
     try:
-        if not gates.within_rate(
+        # A resumed run was counted when it started.
+        if not resumed and not gates.within_rate(
             execution.tenant_id,
             str(execution.id),
             limits["rate_limit_per_minute"],
@@ -77,9 +89,10 @@ def run(execution: Execution, tier: Tier) -> Outcome:
             tools.ToolContext(caller, agent, agent.collection_ids or context or []),
             limits["max_tools"],
         )
-        for note in notes:
-            save_step(execution, note)
-        check_cancelled = lifecycle.cancel_checker(str(execution.id))
+        if not resumed:
+            for note in notes:
+                save_step(execution, note)
+        check_cancelled = lifecycle.run_checker(execution)
         loop = AgentLoop(
             complete=_without_connection(
                 llm.completer(
@@ -96,11 +109,14 @@ def run(execution: Execution, tier: Tier) -> Outcome:
             max_run_tokens=limits["max_tokens"],
             check_cancelled=check_cancelled,
         )
-        result = loop.run(_prompt(agent, data, history))
+        result = loop.run(_prompt(agent, data, history), journal)
         if settings.AES_LOG_CONTENT:
             log.info("message %r answered %r", data.message, result.response)
-        _save_messages(execution, caller, data, result.response, limits, deadline)
+        if not (resumed and _messages_saved(execution)):
+            _save_messages(execution, caller, data, result.response, limits, deadline)
         return Outcome.completed(result)
+    except Superseded:
+        raise
     except (RunError, JobTimeoutException) as error:
         if isinstance(error, JobTimeoutException) or (
             isinstance(error, UpstreamTimeout) and time.monotonic() >= deadline
@@ -174,7 +190,7 @@ def _without_connection(call: Callable[P, R]) -> Callable[P, R]:
 
 
 def save_step(execution: Execution, step: Step) -> None:
-    """Store one step of the loop as an ExecutionStep."""
+    """Store one step of the loop as an ExecutionStep: the run's journal (§9)."""
     execution.add_step(
         step.kind,
         step.name,
@@ -184,6 +200,7 @@ def save_step(execution: Execution, step: Step) -> None:
         prompt_tokens=step.prompt_tokens,
         completion_tokens=step.completion_tokens,
         duration_ms=step.duration_ms,
+        replay=step.replay,
     )
     release_connection()
 
@@ -216,3 +233,23 @@ def _save_messages(
         )
         saved.append({"role": role, "content": content})
     peers.append_to_history(caller, execution.session_id, saved, limits["max_history_messages"])
+    # Journaled: a resumed attempt does not save the turn again (§9).
+    save_step(execution, Step(kind="note", name="messages_saved", replay={"saved": len(saved)}))
+
+
+def _messages_saved(execution: Execution) -> bool:
+    return execution.steps.filter(name="messages_saved", replay__isnull=False).exists()
+
+
+def _journal(execution: Execution) -> list[Replayed]:
+    """Return the LLM and tool calls the run's attempts completed, in order."""
+    return [
+        Replayed(step.kind, step.replay, step.prompt_tokens, step.completion_tokens)
+        for step in execution.journal()
+        if step.kind in ("llm", "tool")
+    ]
+
+
+def journal_result(execution: Execution) -> LoopResult:
+    """Return what the run had produced by its last completed step."""
+    return replay([], _journal(execution)).result

@@ -7,6 +7,7 @@ add capacity on another machine.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from aes_project.processes import on_stop_signals
@@ -18,7 +19,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("queues", nargs="+", help="RQ queues (tiers), highest priority first.")
-        parser.add_argument("--slots", type=int, default=10, help="Runs in flight at once.")
+        parser.add_argument(
+            "--slots",
+            type=int,
+            default=settings.AES_RUNS_PER_WORKER,
+            help="Runs in flight at once (default: AES_RUNS_PER_WORKER).",
+        )
         parser.add_argument("--burst", action="store_true", help="Drain the queues and exit.")
 
     def handle(self, *args, queues: list[str], slots: int, burst: bool, **options) -> None:

@@ -16,7 +16,7 @@ from aes_project import redis_clients
 from aes_project.processes import on_stop_signals
 from protocol import keys
 from tiers import lookup
-from workers import reaper
+from workers import liveness, reaper
 from workers.consumer import Consumer
 from workers.supervisor import WorkerPool
 
@@ -37,8 +37,8 @@ class Command(BaseCommand):
             "--runs-per-worker",
             type=int,
             default=settings.AES_RUNS_PER_WORKER,
-            help="Runs each RQ worker process executes at once: 1 forks a work-horse "
-            "per run; more run in threads (default: AES_RUNS_PER_WORKER, 1).",
+            help="Runs each RQ worker process executes at once, in threads; 1 forks a "
+            "work-horse per run (default: AES_RUNS_PER_WORKER, 500).",
         )
         parser.add_argument(
             "--burst",
@@ -86,16 +86,22 @@ class Command(BaseCommand):
 
     @staticmethod
     def _supervise(pool: WorkerPool, consumer: Consumer) -> None:
-        """Restart dead RQ workers every second; reap every AES_REAPER_INTERVAL_SECONDS."""
-        next_reap = 0.0
+        """Restart dead RQ workers; look for lost runs every third of AES_RUN_HEARTBEAT_TTL;
+        reap every AES_REAPER_INTERVAL_SECONDS."""
+        passes = [
+            (liveness.find_lost, settings.AES_RUN_HEARTBEAT_TTL / 3),
+            (reaper.reap, settings.AES_REAPER_INTERVAL_SECONDS),
+        ]
+        due = [0.0] * len(passes)
         while not consumer.stopping.wait(0.5):
             pool.supervise()
-            if time.monotonic() < next_reap:
-                continue
-            next_reap = time.monotonic() + settings.AES_REAPER_INTERVAL_SECONDS
-            try:
-                reaper.reap()
-            except Exception:
-                log.exception("reaper pass failed; trying again later")
-            finally:
-                close_old_connections()
+            for index, (run_pass, interval) in enumerate(passes):
+                if time.monotonic() < due[index]:
+                    continue
+                due[index] = time.monotonic() + interval
+                try:
+                    run_pass()
+                except Exception:
+                    log.exception("%s failed; trying again later", run_pass.__qualname__)
+                finally:
+                    close_old_connections()

@@ -42,7 +42,7 @@ T = TypeVar("T")
 # --- Waiting ---------------------------------------------------------------------
 
 
-def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "") -> T:
+def wait_for(condition: Callable[[], T], timeout: float = 60.0, what: str = "") -> T:
     """Return `condition()`'s first truthy value, failing the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:

@@ -71,7 +71,7 @@ def _stop(service: subprocess.Popen) -> None:
 
 
 def _in_second_llm_call(llm) -> None:
-    wait_for(lambda: len(llm.requests) >= 2, timeout=30, what="the second LLM call")
+    wait_for(lambda: len(llm.requests) >= 2, timeout=60, what="the second LLM call")
 
 
 @contextmanager
@@ -81,7 +81,7 @@ def _hung_in_second_llm_call(llm, redis, *args: str, **env: str) -> Iterator[int
     The service is stopped on the way out, and the run must have sent one callback.
     """
     _script_tool_then_hang(llm)
-    push(agent_run(agent_id="support-bot", message=QUESTION))
+    push(agent_run(tier="enterprise", agent_id="support-bot", message=QUESTION), "enterprise")
     service = _serve(llm, "--rq-workers", "1", *args, **env)
     try:
         _in_second_llm_call(llm)
@@ -98,7 +98,7 @@ def _first_calls(llm) -> list[dict]:
 
 
 def _assert_resumed_once_and_completed(llm, peers, started: float) -> Execution:
-    sent = wait_for(callbacks, timeout=HEARTBEAT_TTL + 30, what="the callback")
+    sent = wait_for(callbacks, timeout=90, what="the callback")
     took = time.monotonic() - started
     execution = Execution.objects.get()
     assert execution.status == "completed", execution.error_message
@@ -115,9 +115,9 @@ def _assert_resumed_once_and_completed(llm, peers, started: float) -> Execution:
         ("tool", "knowledge_search", 1),
         ("llm", "llm_call_2", 2),
     ]
-    # The LLM usage of both attempts counts; the deadline stays the first one's.
     assert execution.iterations == 2
-    assert took < HEARTBEAT_TTL + 20
+    # Noticed in seconds, not at the run's deadline (enterprise: 300 s).
+    assert took < 90
     return execution
 
 
@@ -156,13 +156,13 @@ def test_a_worker_killed_during_a_tool_call_runs_that_tool_again_and_no_llm_call
     peers = start_peers(delay_seconds=2)
     llm.push_tool_call("knowledge_search", {"query": "refunds"})
     llm.push_answer("Refunds take five days.")
-    push(agent_run(agent_id="support-bot", message=QUESTION))
+    push(agent_run(tier="enterprise", agent_id="support-bot", message=QUESTION), "enterprise")
     service = _serve(llm, "--rq-workers", "1", "--runs-per-worker", "4")
     try:
-        wait_for(lambda: peers.peers.handled.get(QS_REQUEST), timeout=30, what="the QS request")
+        wait_for(lambda: peers.peers.handled.get(QS_REQUEST), timeout=60, what="the QS request")
         (worker,) = rq_worker_pids(redis)
         os.kill(worker, signal.SIGKILL)
-        sent = wait_for(callbacks, timeout=HEARTBEAT_TTL + 30, what="the callback")
+        sent = wait_for(callbacks, timeout=90, what="the callback")
         execution = Execution.objects.get()
         assert [c["data"]["status"] for c in sent] == ["completed"]
         assert execution.resumes == 1
@@ -185,7 +185,7 @@ def test_a_run_that_loses_its_worker_once_too_often_fails_worker_lost(peers, llm
         llm, redis, "--runs-per-worker", "4", AES_MAX_RESUMES="0"
     ) as worker:
         os.kill(worker, signal.SIGKILL)
-        sent = wait_for(callbacks, timeout=HEARTBEAT_TTL + 30, what="the callback")
+        sent = wait_for(callbacks, timeout=90, what="the callback")
         execution = Execution.objects.get()
         assert execution.status == "failed"
         assert [c["data"]["error"]["code"] for c in sent] == ["WORKER_LOST"]
@@ -199,7 +199,7 @@ def test_a_consumer_and_a_worker_killed_at_once_lose_nothing(peers, llm, redis):
     # A whole service goes (its consumer, supervisor, worker and runs, as
     # with a lost machine); another service finds its run and its messages.
     _script_tool_then_hang(llm)
-    push(agent_run(agent_id="support-bot", message=QUESTION))
+    push(agent_run(tier="enterprise", agent_id="support-bot", message=QUESTION), "enterprise")
     first = _serve(llm, "--rq-workers", "1", "--runs-per-worker", "4")
     try:
         _in_second_llm_call(llm)
@@ -230,7 +230,7 @@ def test_a_stale_attempt_writes_nothing_once_a_later_one_holds_the_run(peers, ll
     # next heartbeat and stops; attempt 2 ends the run, with one callback.
     settings.AES_RUN_HEARTBEAT_TTL = 1.5
     _script_tool_then_hang(llm)
-    push(agent_run(agent_id="support-bot", message=QUESTION))
+    push(agent_run(tier="enterprise", agent_id="support-bot", message=QUESTION), "enterprise")
     consume()
     execution = Execution.objects.get()
     recovered = []

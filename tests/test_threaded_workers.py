@@ -98,14 +98,14 @@ def test_sigterm_lets_the_runs_in_hand_finish(peers, llm, redis):
 
 def test_a_killed_threaded_worker_has_all_its_runs_resumed_and_each_ends_once(peers, llm, redis):
     llm.latency_seconds = 120
-    # Leases of the default 15 s: only the supervisor, which saw its worker
-    # die, has these runs resumed this soon.
-    with _serving(llm, runs=3, slots=3, timeout=120):
+    # Leases of two minutes: only the supervisor, which saw its worker die,
+    # can have these runs resumed within the minute.
+    with _serving(llm, runs=3, slots=3, timeout=120, AES_RUN_HEARTBEAT_TTL="120"):
         wait_for(lambda: _running() == 3, what="three runs running")
         (worker,) = rq_worker_pids(redis)
         llm.latency_seconds = 0  # the resumed attempts are answered at once
         os.kill(worker, signal.SIGKILL)  # every run in that process is lost with it
-        sent = wait_for(lambda: len(callbacks()) >= 3 and callbacks(), timeout=12, what="ends")
+        sent = wait_for(lambda: len(callbacks()) >= 3 and callbacks(), timeout=60, what="ends")
         wait_for(lambda: rq_worker_pids(redis) - {worker}, what="a replacement worker")
     assert not pid_alive(worker)
     assert [c["data"]["status"] for c in sent] == ["completed"] * 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json as json_lib
 import os
 import signal
 import subprocess
@@ -9,10 +10,13 @@ import threading
 import time
 
 import pytest
+import redis as redis_lib
 from django.db import connection, transaction
 
+from aes_project import embedded_redis
 from executions.models import Execution
 from protocol import keys
+from standins.peers import DevPeers, load_fixture
 from tests.helpers import (
     agent_run,
     callbacks,
@@ -111,31 +115,18 @@ def test_consumer_killed_before_acknowledging_loses_nothing_and_runs_once(peers,
 class PrivateRedis:
     """A Redis-compatible server of this test's own, restartable on its port."""
 
-    def __init__(self) -> None:
-        from aes_project import embedded_redis
-
-        self.binary = str(embedded_redis._binary())
+    def __init__(self, workdir: str) -> None:
+        self.binary = embedded_redis._binary()
         self.port = embedded_redis._free_port()
+        self.workdir = workdir
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
+            embedded_redis.server_command(self.binary, self.port, self.workdir),
             stdout=subprocess.DEVNULL,
         )
-        import redis as redis_lib
-
         wait_for(lambda: _pings(redis_lib.Redis.from_url(self.url)), what="the server")
 
     def stop(self) -> None:
@@ -151,14 +142,8 @@ def _pings(client) -> bool:
         return False
 
 
-def test_a_redis_restart_mid_run_loses_nothing_recorded(llm):
-    import json as json_lib
-
-    import redis as redis_lib
-
-    from standins.peers import DevPeers, load_fixture
-
-    server = PrivateRedis()
+def test_a_redis_restart_mid_run_loses_nothing_recorded(llm, tmp_path):
+    server = PrivateRedis(str(tmp_path))
     server.start()
     client = redis_lib.Redis.from_url(server.url)
     peers = DevPeers(client, tier_names(), load_fixture())

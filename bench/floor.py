@@ -38,7 +38,7 @@ from bench.common import (
     wait_until,
 )
 from bench.pipeline import CALLBACKS, Client, counting_client
-from bench.sampler import process_cpu_seconds
+from bench.sampler import busy_share, machine_busy_seconds, process_cpu_seconds
 
 # The sitecustomize role of the floor's processes (their forked horses: floor-child).
 ROLES = ("floor", "floor-child")
@@ -171,14 +171,18 @@ def fair_floor(
             "cpu": _cpu_seconds(pids),
             "llm_cpu": process_cpu_seconds(llm_pid) if llm_pid else 0.0,
             "redis_cpu": server_cpu(poller),
+            "machine_busy": machine_busy_seconds(),
         }
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = began + timeout
         if in_flight:
             load.closed_loop(client, batch, tier, in_flight, deadline)
         else:
             client.push(batch, tier)
         complete = client.wait_for(batch_ids, max(0.0, deadline - time.monotonic()))
         cpu = _cpu_seconds(pids)
+        machine_busy = machine_busy_seconds() - before["machine_busy"]
+        wall = time.monotonic() - began
         time.sleep(0.5)  # the instrumented processes flush their counters every 0.2 s
         own = dict(poller.sent)
         calls = diff(commandstats(poller), before["calls"])
@@ -198,6 +202,10 @@ def fair_floor(
                 "fair_floor_seconds": round(seconds, 2) if seconds else None,
                 "fair_floor_jobs_per_second": round(n / seconds, 1) if seconds else None,
                 "fair_floor_cpu_ms_per_job": round((cpu - before["cpu"]) * 1000 / n, 2),
+                "fair_floor_cpu_share_of_machine_during_load": busy_share(
+                    cpu - before["cpu"], wall
+                ),
+                "machine_cpu_busy_share_during_fair_floor": busy_share(machine_busy, wall),
                 "fair_floor_llm_standin_cpu_ms_per_job": round(
                     (process_cpu_seconds(llm_pid) - before["llm_cpu"]) * 1000 / n, 2
                 )

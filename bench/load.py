@@ -8,7 +8,12 @@ from typing import Any
 
 from bench.common import Env, commandstats, counts_diff, diff, merged, read_counts, server_cpu
 from bench.pipeline import Client, Pipeline, counting_client
-from bench.sampler import TreeSampler, process_cpu_seconds, tree_cpu_seconds
+from bench.sampler import (
+    TreeSampler,
+    machine_busy_seconds,
+    process_cpu_seconds,
+    tree_cpu_by_role,
+)
 
 MakeRun = Callable[[int], dict[str, Any]]
 
@@ -67,9 +72,10 @@ def under_load(
         "calls": commandstats(redis),
         "counts": read_counts(env.count_dir),
         "sent": client.sent(),
-        "tree_cpu": tree_cpu_seconds(service_pid),
+        "tree_cpu": tree_cpu_by_role(service_pid),
         "side_cpu": sum(process_cpu_seconds(p) for p in side),
         "redis_cpu": server_cpu(redis),
+        "machine_busy": machine_busy_seconds(),
     }
     sampler = TreeSampler(service_pid, runs_per_worker=pipeline.runs_per_worker)
     sampler.start()
@@ -80,7 +86,9 @@ def under_load(
     else:
         client.push(batch, tier)
     complete = client.wait_for(ids, max(0.0, deadline - time.monotonic()))
-    tree_cpu = tree_cpu_seconds(service_pid)
+    tree_cpu = tree_cpu_by_role(service_pid)
+    machine_busy = machine_busy_seconds() - before["machine_busy"]
+    wall = time.monotonic() - started
     time.sleep(0.5)  # the instrumented processes flush their counters every 0.2 s
     peaks = sampler.stop()
     own = dict(redis.sent)  # the INFO about to be sent is not in its own figures
@@ -103,7 +111,10 @@ def under_load(
         "callback_times": times,
         "redis_calls": calls,
         "counts": counts,
-        "tree_cpu_seconds": tree_cpu - before["tree_cpu"],
+        "tree_cpu_seconds": sum(tree_cpu.values()) - sum(before["tree_cpu"].values()),
+        "tree_cpu_seconds_by_role": {k: v - before["tree_cpu"][k] for k, v in tree_cpu.items()},
+        "wall_seconds": wall,
+        "machine_busy_seconds": machine_busy,
         "standins_cpu_seconds": sum(process_cpu_seconds(p) for p in side) - before["side_cpu"],
         "redis_cpu_seconds": server_cpu(redis) - before["redis_cpu"],
         "peaks": peaks,

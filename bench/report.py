@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.common import merged, percentile
 from bench.pipeline import Client
+from bench.sampler import busy_share
 
 AES_ROLES = ("consumer", "rqworker", "horse")
 
@@ -82,6 +83,16 @@ def load_figures(load: dict[str, Any], client: Client, llm_latency: float) -> di
         )
     figures.update(per(sql, runs, "sql_statements_per_run_by_shape"))
     figures["aes_cpu_ms_per_run"] = round(load["tree_cpu_seconds"] * 1000 / runs, 1)
+    for role, seconds in load["tree_cpu_seconds_by_role"].items():
+        figures[f"aes_cpu_ms_per_run_by_role.{role}"] = round(seconds * 1000 / runs, 1)
+    # What share of the machine's cores the AES took, and every process together:
+    # the difference is the stand-ins, Redis, PostgreSQL, the bench and other work.
+    figures["aes_cpu_share_of_machine_during_load"] = busy_share(
+        load["tree_cpu_seconds"], load["wall_seconds"]
+    )
+    figures["machine_cpu_busy_share_during_load"] = busy_share(
+        load["machine_busy_seconds"], load["wall_seconds"]
+    )
     figures["standins_cpu_ms_per_run"] = round(load["standins_cpu_seconds"] * 1000 / runs, 1)
     figures["redis_server_cpu_ms_per_run"] = round(load["redis_cpu_seconds"] * 1000 / runs, 2)
     figures["worker_tree_peak_rss_mib"] = round(peaks.rss_total, 1)
@@ -249,6 +260,16 @@ def table(figures: dict[str, Any]) -> str:
             f(f"load_latency_p{p}_ms"),
             f(f"fair_floor_load_latency_p{p}_ms"),
         )
+    row(
+        "share of the cores it used under load",
+        f("aes_cpu_share_of_machine_during_load"),
+        f("fair_floor_cpu_share_of_machine_during_load"),
+    )
+    row(
+        "share of the cores busy (every process)",
+        f("machine_cpu_busy_share_during_load"),
+        f("machine_cpu_busy_share_during_fair_floor"),
+    )
     row("stand-ins CPU per run (ms)", f("standins_cpu_ms_per_run"))
     row(
         "Redis server CPU per run | per job (ms)",

@@ -97,23 +97,41 @@ class TreeSampler(threading.Thread):
         peaks.samples.append((uss, horses))
 
 
-def tree_cpu_seconds(root_pid: int) -> float:
-    """CPU time of the tree: each live process and the children it has reaped.
+def tree_cpu_by_role(root_pid: int) -> dict[str, float]:
+    """CPU time of the tree, by role: the consumer (the root) and the RQ workers.
 
-    RQ workers reap their work-horses, so the horses' CPU is counted once
-    they have ended.
+    Each live process and the children it has reaped: RQ workers reap their
+    work-horses, so the horses' CPU is counted, with their worker's, once
+    they have ended. A worker that died takes its CPU out of the count.
     """
-    total = 0.0
+    total = {"consumer": 0.0, "rqworker": 0.0}
     try:
         root = psutil.Process(root_pid)
-        for process in [root, *root.children()]:
-            times = process.cpu_times()
-            total += times.user + times.system
-            if process.pid != root_pid:
-                total += times.children_user + times.children_system
+        times = root.cpu_times()
+        total["consumer"] = times.user + times.system
+        for process in root.children():
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            total["rqworker"] += sum(
+                (times.user, times.system, times.children_user, times.children_system)
+            )
     except psutil.Error:
         pass
     return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores, every process)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def busy_share(busy_seconds: float, wall_seconds: float) -> float | None:
+    """How much of the machine's cores `busy_seconds` of CPU took over `wall_seconds`."""
+    cores = psutil.cpu_count() or 1
+    return round(busy_seconds / (wall_seconds * cores), 3) if wall_seconds > 0 else None
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -22,6 +22,7 @@ Nothing here needs Django: the soak passes the steps as plain dicts.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import sys
@@ -236,6 +237,10 @@ def self_check() -> dict[str, Any]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        prog="python -m bench.repeats",
+        description="Check that planted repeated steps are counted and legitimate re-sends not.",
+    ).parse_args()
     try:
         found = self_check()
     except AssertionError as exc:

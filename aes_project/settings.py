@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "axes",
     "aes_project",  # the project's system checks (aes_project/checks.py)
     "tiers",
+    "llm_models",
     "executions",
     "tokens",
     "workers",
@@ -191,7 +192,11 @@ RQ = {"WORKER_CLASS": "workers.rq_worker.ExecutionWorker", "COMMIT_MODE": "auto"
 
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 OPENAI_BASE_URL = env_str("OPENAI_BASE_URL")
+# The model an agent gets when it names none, or one the model table does
+# not know (docs/agents.md, "Models").
 AES_DEFAULT_MODEL = env_str("AES_DEFAULT_MODEL", "gpt-4o-mini")
+# Seconds the model table is served from the in-process cache before re-reading.
+AES_MODEL_CACHE_SECONDS = env_float("AES_MODEL_CACHE_SECONDS", 5.0)
 
 # Seconds a pseudo-synchronous request to AMS or CS waits for its reply.
 AES_PEER_TIMEOUT_SECONDS = env_float("AES_PEER_TIMEOUT_SECONDS", 5.0, minimum=0.1)

@@ -35,10 +35,18 @@ class ExecutionAdmin(admin.ModelAdmin):
         "iterations",
         "resumes",
         "total_tokens",
+        "model",
+        "cost_usd",
         "duration_ms",
         "queued_at",
     )
-    list_filter = ("status", "tier", ("callback_sent_at", admin.EmptyFieldListFilter), "tenant_id")
+    list_filter = (
+        "status",
+        "tier",
+        "model",
+        ("callback_sent_at", admin.EmptyFieldListFilter),
+        "tenant_id",
+    )
     actions = ["resend_callback"]
     search_fields = ("task_id", "session_id", "action_id")
     date_hierarchy = "queued_at"

@@ -38,6 +38,12 @@ class RateLimited(RunError):
     code, status = "RATE_LIMITED", "rejected"
 
 
+class ModelRateLimited(RunError):
+    """The model's requests or tokens per minute left no room for a call before the deadline."""
+
+    code = "RATE_LIMITED"
+
+
 class UpstreamTimeout(RunError):
     code = "UPSTREAM_TIMEOUT"
 

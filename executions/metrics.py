@@ -1,9 +1,11 @@
 """Run counters: in Redis per tier and tenant (all time), and from the rows (the last day).
 
 `execution:metrics:{tier}:{tenant}` is a hash: `status:{status}`,
-`duration_ms_sum`, `prompt_tokens`, `completion_tokens`, and duration buckets
-`in:{ms}` (each run counts once, in the smallest bucket that holds its
-duration; `read()` adds them up into cumulative Prometheus-style buckets).
+`duration_ms_sum`, `prompt_tokens`, `completion_tokens`, `cost_nusd:{model}`
+(what the runs on that model cost, in billionths of a USD: HINCRBY adds
+integers only), and duration buckets `in:{ms}` (each run counts once, in the
+smallest bucket that holds its duration; `read()` adds them up into
+cumulative Prometheus-style buckets).
 `execution:metrics:index` lists the hashes that exist. Every process and
 machine adds to the same counters; the outbox (executions/outbox.py) adds a
 run's increments in the same script that pushes its callback, so a run is
@@ -13,6 +15,7 @@ counted exactly once, whether or not its callback could be pushed yet.
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.db.models import Count, Sum
@@ -23,6 +26,8 @@ from executions.models import Execution
 from executions.queues import tier_queue
 from protocol import keys
 
+# Billionths of a USD: the unit of the cost counters.
+NANO = Decimal(1_000_000_000)
 # Upper bounds of the duration buckets, in milliseconds.
 BUCKETS_MS = (100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000)
 
@@ -31,13 +36,16 @@ def increments(execution: Execution) -> list[tuple[str, int]]:
     """Return the (field, amount) pairs one ended run adds to its hash."""
     duration = execution.duration_ms or 0
     bucket = next((bound for bound in BUCKETS_MS if duration <= bound), "inf")
-    return [
+    counts = [
         (f"status:{execution.status}", 1),
         ("duration_ms_sum", duration),
         ("prompt_tokens", execution.prompt_tokens),
         ("completion_tokens", execution.completion_tokens),
         (f"in:{bucket}", 1),
     ]
+    if execution.model and execution.cost_usd:
+        counts.append((f"cost_nusd:{execution.model}", round(execution.cost_usd * NANO)))
+    return counts
 
 
 def read(tier: str | None = None, tenant_id: str | None = None) -> list[dict[str, Any]]:
@@ -50,6 +58,7 @@ def read(tier: str | None = None, tenant_id: str | None = None) -> list[dict[str
             continue
         fields = {k.decode(): int(v) for k, v in client.hgetall(raw_key).items()}
         by_status = {k.split(":", 1)[1]: v for k, v in fields.items() if k.startswith("status:")}
+        cost = {k.split(":", 1)[1]: v for k, v in fields.items() if k.startswith("cost_nusd:")}
         cumulative, running = {}, 0
         for bound in BUCKETS_MS:
             running += fields.get(f"in:{bound}", 0)
@@ -64,6 +73,7 @@ def read(tier: str | None = None, tenant_id: str | None = None) -> list[dict[str
                 "duration_buckets": cumulative,
                 "prompt_tokens": fields.get("prompt_tokens", 0),
                 "completion_tokens": fields.get("completion_tokens", 0),
+                "cost_nusd_by_model": cost,
             }
         )
     return entries
@@ -80,7 +90,7 @@ def quantile_ms(buckets: dict[int, int], total: int, q: float) -> int | None:
 
 
 def combine(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Add up entries of read(): runs, by_status, buckets, duration sum, tokens."""
+    """Add up entries of read(): runs, by_status, buckets, duration sum, tokens, cost."""
     total: dict[str, Any] = {
         "runs": 0,
         "by_status": {},
@@ -88,10 +98,14 @@ def combine(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "duration_ms_sum": 0,
         "prompt_tokens": 0,
         "completion_tokens": 0,
+        "cost_nusd_by_model": {},
     }
     for entry in entries:
         for status, count in entry["by_status"].items():
             total["by_status"][status] = total["by_status"].get(status, 0) + count
+        for model, cost in entry["cost_nusd_by_model"].items():
+            by_model = total["cost_nusd_by_model"]
+            by_model[model] = by_model.get(model, 0) + cost
         for bound, count in entry["duration_buckets"].items():
             total["duration_buckets"][bound] += count
         for field in ("runs", "duration_ms_sum", "prompt_tokens", "completion_tokens"):
@@ -100,7 +114,7 @@ def combine(entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summary(tenant_id: str | None = None) -> dict[str, Any]:
-    """Return totals by tier and status, duration quantiles and tokens, for dashboards."""
+    """Return totals by tier and status, duration quantiles, tokens and cost, for dashboards."""
     entries = read(tenant_id=tenant_id)
     total = combine(entries)
     by_tier = {}
@@ -121,6 +135,11 @@ def summary(tenant_id: str | None = None) -> dict[str, Any]:
             "prompt_tokens": total["prompt_tokens"],
             "completion_tokens": total["completion_tokens"],
             "total_tokens": total["prompt_tokens"] + total["completion_tokens"],
+        },
+        # Of the runs whose cost was known.
+        "cost_usd": {
+            model: float(Decimal(cost) / NANO)
+            for model, cost in sorted(total["cost_nusd_by_model"].items())
         },
     }
 

@@ -3,7 +3,8 @@
 The run counters live in Redis (executions/metrics.py), so however many
 consumers, workers and web processes run, one request to any web process
 sees the whole service: no per-process registries to merge. Prometheus
-labels are tiers and statuses only, never tenants, so the series stay few.
+labels are tiers, statuses and the model table's names only, never tenants,
+so the series stay few.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ class ServiceCollector:
         tiers = [tier.name for tier in lookup.tiers_by_priority()]
         runs = CounterMetricFamily("aes_runs", "Finished runs.", labels=["tier", "status"])
         tokens = CounterMetricFamily("aes_tokens", "LLM tokens spent.", labels=["tier", "kind"])
+        cost = CounterMetricFamily(
+            "aes_cost_usd",
+            "What finished runs' LLM calls cost at the model table's prices (runs of unknown"
+            " price not counted).",
+            labels=["tier", "model"],
+        )
         durations = HistogramMetricFamily(
             "aes_run_duration_seconds", "Run duration, start to end.", labels=["tier"]
         )
@@ -61,13 +68,15 @@ class ServiceCollector:
                 runs.add_metric([tier, status], count)
             tokens.add_metric([tier, "prompt"], total["prompt_tokens"])
             tokens.add_metric([tier, "completion"], total["completion_tokens"])
+            for model, nusd in sorted(total["cost_nusd_by_model"].items()):
+                cost.add_metric([tier, model], nusd / 1e9)
             durations.add_metric(
                 [tier],
                 [(str(bound / 1000), count) for bound, count in total["duration_buckets"].items()]
                 + [("+Inf", total["runs"])],
                 sum_value=total["duration_ms_sum"] / 1000,
             )
-        yield from (runs, tokens, durations)
+        yield from (runs, tokens, cost, durations)
 
         messages = GaugeMetricFamily(
             "aes_queue_messages", "Messages waiting for the consumer.", labels=["tier"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.db import IntegrityError, models, transaction
+from django.db.models import Count, Max, Sum
 from django.utils import timezone
 
 from executions.outcome import Outcome
@@ -64,6 +66,17 @@ class Execution(models.Model):
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     total_tokens = models.PositiveIntegerField(default=0)
+    model = models.CharField(
+        max_length=255, null=True, blank=True, help_text="The model its LLM calls used."
+    )
+    cost_usd = models.DecimalField(
+        "cost (USD)",
+        max_digits=20,
+        decimal_places=10,
+        null=True,
+        blank=True,
+        help_text="What its LLM calls cost at the model table's prices; empty when unknown.",
+    )
 
     queued_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -181,6 +194,7 @@ class Execution(models.Model):
         assert outcome.status in FINAL_STATUSES, outcome.status
         result, now = outcome.result, timezone.now()
         begun = self.started_at or self.queued_at
+        model, cost = self._spent()
         ended = {
             "status": outcome.status,
             "response": result.response,
@@ -190,6 +204,8 @@ class Execution(models.Model):
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens,
+            "model": model,
+            "cost_usd": cost,
             "finished_at": now,
             "duration_ms": max(0, int((now - begun).total_seconds() * 1000)),
         }
@@ -202,7 +218,7 @@ class Execution(models.Model):
             tool_calls=result.tool_calls,
             sources=result.sources,
             iterations=ended["iterations"],
-            usage=result.usage,
+            usage={**result.usage, "cost_usd": None if cost is None else float(cost)},
             execution_time_ms=ended["duration_ms"],
             resumes=self.resumes,
             error=ErrorInfo(code=outcome.error_code, message=outcome.error_message or "")
@@ -211,6 +227,19 @@ class Execution(models.Model):
         )
         callback = ExecutionCallback.answering(self.request, self.tier, data).dump()
         return self._claim([Status.QUEUED, Status.RUNNING], fence=True, **ended, callback=callback)
+
+    def _spent(self) -> tuple[str | None, Decimal | None]:
+        """Return the model of the run's LLM calls and what they all cost, from its steps.
+
+        Every call any attempt made counts, journaled or not: each was paid
+        for. The cost is unknown (None) when any call's price was.
+        """
+        calls = self.steps.filter(kind=ExecutionStep.Kind.LLM).aggregate(
+            calls=Count("id"), priced=Count("cost_usd"), cost=Sum("cost_usd"), model=Max("model")
+        )
+        if calls["priced"] < calls["calls"]:
+            return calls["model"], None
+        return calls["model"], calls["cost"] or Decimal(0)
 
     def resume(self) -> bool:
         """Hand the running run to a new attempt (its worker was lost); False if it moved on."""
@@ -242,6 +271,8 @@ STEP_FIELDS = (
     "error",
     "prompt_tokens",
     "completion_tokens",
+    "model",
+    "cost_usd",
     "duration_ms",
     "created_at",
 )
@@ -261,6 +292,17 @@ class ExecutionStep(models.Model):
     error = models.TextField(null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    model = models.CharField(
+        max_length=255, null=True, blank=True, help_text="For an LLM call: the model it used."
+    )
+    cost_usd = models.DecimalField(
+        "cost (USD)",
+        max_digits=20,
+        decimal_places=10,
+        null=True,
+        blank=True,
+        help_text="For an LLM call: its cost at the model's prices; empty when unknown.",
+    )
     duration_ms = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
     attempt = models.PositiveIntegerField(

@@ -4,6 +4,8 @@ from executions.models import STEP_FIELDS, Execution, ExecutionStep
 
 
 class ExecutionStepSerializer(serializers.ModelSerializer):
+    cost_usd = serializers.FloatField(read_only=True, allow_null=True)
+
     class Meta:
         model = ExecutionStep
         fields = ["id", *STEP_FIELDS]
@@ -24,6 +26,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "session_id",
             "agent_id",
             "conversation_id",
+            "model",
             "status",
             "message",
             "response",
@@ -38,11 +41,13 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "callback_sent_at",
         ]
 
-    def get_usage(self, execution: Execution) -> dict[str, int]:
+    def get_usage(self, execution: Execution) -> dict[str, int | float | None]:
+        # As the callback has it (§4): cost_usd a number, null while running or when unknown.
         return {
             "prompt_tokens": execution.prompt_tokens,
             "completion_tokens": execution.completion_tokens,
             "total_tokens": execution.total_tokens,
+            "cost_usd": None if execution.cost_usd is None else float(execution.cost_usd),
         }
 
     def get_error(self, execution: Execution) -> dict[str, str] | None:

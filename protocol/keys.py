@@ -101,6 +101,16 @@ def rate(tenant_id: str, window: str) -> str:
     return f"execution:rate:{tenant_id}:{window}"
 
 
+def model_calls(model: str) -> str:
+    """The model's calls of the last minute, for its rpm and tpm limits (llm_models/limits.py)."""
+    return f"execution:model_calls:{model}"
+
+
+def model_tokens(model: str) -> str:
+    """The tokens each of the model's recent calls holds, and their `total`."""
+    return f"execution:model_tokens:{model}"
+
+
 def metrics(tier: str, tenant_id: str) -> str:
     return f"execution:metrics:{tier}:{tenant_id}"
 

@@ -220,6 +220,8 @@ class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    # USD at the deployment's model prices; None when a price is unknown (§4).
+    cost_usd: float | None = None
 
 
 class ToolCallSummary(BaseModel):

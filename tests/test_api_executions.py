@@ -121,7 +121,12 @@ def test_list_rows_carry_usage_and_error_but_not_steps(admin_client):
     execution.add_step("llm", "chat")
     response = admin_client.get(LIST_URL)
     row = response.json()["results"][0]
-    assert row["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    assert row["usage"] == {
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "total_tokens": 0,
+        "cost_usd": None,
+    }
     assert row["error"] is None
     assert "steps" not in row
 
@@ -304,7 +309,12 @@ def test_detail_shows_steps_in_order_with_limits_and_usage(admin_client):
     assert body["status"] == "completed"
     assert body["response"] == "Refunds take 5 days."
     assert body["iterations"] == 2
-    assert body["usage"] == {"prompt_tokens": 32, "completion_tokens": 10, "total_tokens": 42}
+    assert body["usage"] == {
+        "prompt_tokens": 32,
+        "completion_tokens": 10,
+        "total_tokens": 42,
+        "cost_usd": None,
+    }
     assert body["error"] is None
     assert body["limits"] == limits
     assert body["limits"]["max_iterations"] == 3
@@ -341,7 +351,12 @@ def test_detail_of_a_queued_run_has_no_limits_steps_or_error(admin_client):
     assert body["limits"] is None
     assert body["steps"] == []
     assert body["error"] is None
-    assert body["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    assert body["usage"] == {
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "total_tokens": 0,
+        "cost_usd": None,
+    }
 
 
 def test_detail_of_an_unknown_id_is_not_found(admin_client):

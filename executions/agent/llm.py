@@ -59,8 +59,15 @@ def completer(
     model: str,
     temperature: float | None,
     check_cancelled: Callable[[], None] = lambda: None,
+    base_url: str | None = None,
+    api_key: str | None = None,
 ) -> Complete:
-    """Return the agent loop's `complete` function for one agent's settings."""
+    """Return the agent loop's `complete` function for one agent's settings.
+
+    `model` is the id the provider is sent, at `base_url` with `api_key`
+    (llm_models.lookup.Route); without them, the default provider.
+    """
+    connection = _client(base_url, api_key) if base_url or api_key else client()
 
     def complete(
         messages: list[dict[str, Any]],
@@ -81,7 +88,7 @@ def completer(
             if remaining <= 0:
                 raise ExecutionTimeout("the run's deadline passed during LLM retries")
             try:
-                return _reduce(_call(request, remaining, check_cancelled))
+                return _reduce(_call(connection, request, remaining, check_cancelled))
             except openai.APITimeoutError:
                 raise ExecutionTimeout(f"the LLM did not answer within {remaining:.1f}s") from None
             except openai.APIStatusError as exc:
@@ -100,7 +107,10 @@ def completer(
 
 
 def _call(
-    request: dict[str, Any], timeout: float, check_cancelled: Callable[[], None]
+    connection: openai.OpenAI,
+    request: dict[str, Any],
+    timeout: float,
+    check_cancelled: Callable[[], None],
 ) -> ChatCompletion:
     # The client's documented `post`, not `chat.completions.create`: create()
     # first walks the request through the SDK's type-driven transform, about
@@ -108,7 +118,7 @@ def _call(
     # iteration); our request is plain JSON already. Same transport, errors
     # and typed answer.
     future = _calls.submit(
-        client().post,
+        connection.post,
         "/chat/completions",
         body=request,
         cast_to=ChatCompletion,

@@ -15,7 +15,7 @@ from django.utils import timezone
 from rq.timeouts import JobTimeoutException
 
 from executions import gates, lifecycle
-from executions.agent import llm, peers, tools
+from executions.agent import peers, routing, tools
 from executions.agent.loop import AgentLoop, Replayed, Step, replay
 from executions.exceptions import (
     AgentInactive,
@@ -28,6 +28,7 @@ from executions.exceptions import (
 )
 from executions.models import Execution
 from executions.outcome import LoopResult, Outcome
+from llm_models.lookup import Route
 from protocol.messages import AgentConfig, AgentRunData, SaveMessage
 from tiers import lookup
 from tiers.models import Tier
@@ -74,7 +75,8 @@ def run(execution: Execution, tier: Tier) -> Outcome:
             caller, execution.agent_id, limits["agent_config_cache_ttl"], deadline
         )
         _check_permissions(tier, agent)
-        release_connection()  # the tier lookup may have taken one
+        model = routing.route(agent)
+        release_connection()  # the tier and model lookups may have taken one
         history = []
         if execution.session_id:
             history = peers.get_history(
@@ -94,17 +96,11 @@ def run(execution: Execution, tier: Tier) -> Outcome:
                 save_step(execution, note)
         check_cancelled = lifecycle.run_checker(execution)
         loop = AgentLoop(
-            complete=_without_connection(
-                llm.completer(
-                    model=agent.model or settings.AES_DEFAULT_MODEL,
-                    temperature=agent.temperature,
-                    check_cancelled=check_cancelled,
-                )
-            ),
+            complete=_without_connection(routing.completer(agent, model, check_cancelled)),
             tools=toolset,
             max_iterations=min(limits["max_iterations"], data.max_iterations or math.inf),
             deadline=deadline,
-            save_step=lambda step: save_step(execution, step),
+            save_step=lambda step: save_step(execution, step, model),
             max_call_tokens=min(agent.max_tokens or limits["max_tokens"], limits["max_tokens"]),
             max_run_tokens=limits["max_tokens"],
             check_cancelled=check_cancelled,
@@ -189,8 +185,18 @@ def _without_connection(call: Callable[P, R]) -> Callable[P, R]:
     return wrapped
 
 
-def save_step(execution: Execution, step: Step) -> None:
-    """Store one step of the loop as an ExecutionStep: the run's journal (§9)."""
+def save_step(execution: Execution, step: Step, model: Route | None = None) -> None:
+    """Store one step of the loop as an ExecutionStep: the run's journal (§9).
+
+    An LLM call made on `model` carries the model's name and the call's cost.
+    """
+    if step.kind == "llm" and model is not None:
+        priced = {
+            "model": model.name,
+            "cost_usd": model.cost_usd(step.prompt_tokens, step.completion_tokens),
+        }
+    else:
+        priced = {}
     execution.add_step(
         step.kind,
         step.name,
@@ -201,6 +207,7 @@ def save_step(execution: Execution, step: Step) -> None:
         completion_tokens=step.completion_tokens,
         duration_ms=step.duration_ms,
         replay=step.replay,
+        **priced,
     )
     release_connection()
 

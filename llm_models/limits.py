@@ -50,7 +50,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window, rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local tokens = tonumber(ARGV[5])
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - window)
+-- Lapsed: more than a window old, so that no two calls a window apart both count.
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - window))
 if #lapsed > 0 then
   local freed = 0
   for _, id in ipairs(lapsed) do
@@ -58,7 +59,7 @@ if #lapsed > 0 then
     redis.call('HDEL', KEYS[2], id)
   end
   redis.call('HINCRBY', KEYS[2], 'total', -freed)
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - window))
 end
 local count = redis.call('ZCARD', KEYS[1])
 local total = tonumber(redis.call('HGET', KEYS[2], 'total') or 0)

@@ -36,7 +36,12 @@ def _arguments(call: dict[str, Any]) -> str:
 
 
 def _error_body(message: str, status: int) -> dict:
-    kind = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error"}
+    kind = {
+        400: "invalid_request_error",
+        401: "invalid_request_error",
+        404: "not_found_error",
+        429: "rate_limit_error",
+    }
     return {
         "error": {
             "message": message,
@@ -55,9 +60,18 @@ class LLMStandin:
     `{"status": int, "body": dict, "headers": dict}`, each optionally with `"sleep": seconds`.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, latency_seconds: float = 0.0):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_seconds: float = 0.0,
+        api_key: str | None = None,
+    ):
         self.host, self.port = host, port
         self.latency_seconds = latency_seconds
+        # When set, a request without `Authorization: Bearer {api_key}` gets
+        # 401, as a real provider answers a wrong key.
+        self.api_key = api_key
         self.script: deque[dict[str, Any]] = deque()
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -277,6 +291,9 @@ def _make_handler(standin: LLMStandin) -> type[BaseHTTPRequestHandler]:
                     raise ValueError("body must be a JSON object")
             except ValueError as exc:
                 self._send(400, _error_body(f"invalid JSON body: {exc}", 400))
+                return
+            if standin.api_key and self.headers.get("Authorization") != f"Bearer {standin.api_key}":
+                self._send(401, _error_body("Incorrect API key provided.", 401))
                 return
             standin._record(body)
             if body.get("stream"):

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from aes_project import redis_clients
+from llm_models import lookup as model_lookup
 from standins.llm import LLMStandin
 from tests.helpers import PeersHandle
 from tiers import lookup
@@ -37,6 +38,7 @@ def redis() -> Iterator[Any]:
     client = redis_clients.shared()
     client.flushdb()
     lookup.clear()
+    model_lookup.clear()
     yield client
     client.flushdb()
 

@@ -4,7 +4,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from executions import metrics, outbox
+from executions import charts, metrics, outbox
 from executions.models import STEP_FIELDS, Execution, ExecutionStep
 from tiers import lookup
 
@@ -18,6 +18,18 @@ class ExecutionStepInline(admin.TabularInline):
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
+
+
+def _charts(day: dict) -> list[charts.Chart]:
+    hours = day["hours"]
+    return [
+        charts.stacked_bars("Runs by status", "", hours, day["runs"]),
+        charts.line("p95 duration", " ms", hours, day["p95_ms"]),
+        charts.stacked_bars("Tokens", "", hours, {"tokens": day["tokens"]}),
+        charts.stacked_bars(
+            "Cost", " USD", hours, {"cost": day["cost_usd"]}, fmt=lambda v: f"{v:.6f}"
+        ),
+    ]
 
 
 @admin.register(Execution)
@@ -73,6 +85,7 @@ class ExecutionAdmin(admin.ModelAdmin):
             **self.admin_site.each_context(request),
             "title": "Execution metrics",
             "day": metrics.last_day(),
+            "charts": _charts(metrics.hourly()),
             "total": metrics.summary(),
             "queues": metrics.queue_depths(tiers),
         }

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db.models import Count, Sum
+from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from aes_project import redis_clients
@@ -192,4 +193,51 @@ def last_day() -> dict:
         "p95": _percentile(durations, 0.95),
         "prompt_tokens": tokens["prompt"] or 0,
         "completion_tokens": tokens["completion"] or 0,
+    }
+
+
+def hourly() -> dict[str, Any]:
+    """The last 24 hours hour by hour, from the rows: runs by status, p95 duration, tokens, cost.
+
+    Hours are those the runs were queued in, the current one last; an hour
+    without runs has no p95 (None) and zero of the rest.
+    """
+    now = timezone.now()
+    first = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
+    hours = [first + timedelta(hours=n) for n in range(24)]
+    index = {hour: n for n, hour in enumerate(hours)}
+    recent = Execution.objects.filter(queued_at__gte=first)
+    runs: dict[str, list[int]] = {}
+    tokens, cost = [0] * 24, [Decimal(0)] * 24
+    rows = (
+        recent.annotate(hour=TruncHour("queued_at"))
+        .values("hour", "status")
+        .annotate(
+            runs=Count("id"),
+            tokens=Sum("total_tokens"),
+            cost=Sum("cost_usd"),
+        )
+    )
+    for row in rows:
+        n = index.get(row["hour"])
+        if n is None:
+            continue
+        runs.setdefault(row["status"], [0] * 24)[n] += row["runs"]
+        tokens[n] += row["tokens"] or 0
+        cost[n] += row["cost"] or 0
+    durations: list[list[int]] = [[] for _ in hours]
+    for queued_at, duration in (
+        recent.filter(duration_ms__isnull=False)
+        .order_by("-queued_at")
+        .values_list("queued_at", "duration_ms")[:MAX_DURATIONS]
+    ):
+        n = index.get(queued_at.replace(minute=0, second=0, microsecond=0))
+        if n is not None:
+            durations[n].append(duration)
+    return {
+        "hours": hours,
+        "runs": dict(sorted(runs.items())),
+        "p95_ms": [_percentile(sorted(values), 0.95) for values in durations],
+        "tokens": tokens,
+        "cost_usd": [float(value) for value in cost],
     }

@@ -13,6 +13,7 @@ import secrets
 import subprocess
 import sys
 import threading
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,12 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from aes_project import processes
+from llm_models.models import LLMModel
 from standins.llm import LLMStandin
 
+# The stand-in's key, in the variable a model row names (never the key in the table).
+STANDIN_KEY_ENV = "AES_STANDIN_LLM_KEY"
+STANDIN_KEY = "stand-in"
 # run_execution_worker gives its RQ workers 30 s to finish their runs; this leaves it room.
 STOP_TIMEOUT_SECONDS = 40.0
 POLL_SECONDS = 0.5
@@ -39,9 +44,10 @@ class Command(BaseCommand):
         env = dict(os.environ)
         llm = None
         if not settings.OPENAI_API_KEY:
-            llm = LLMStandin()
+            llm = LLMStandin(api_key=STANDIN_KEY)
             env["OPENAI_BASE_URL"] = llm.start()
-            env["OPENAI_API_KEY"] = "stand-in"
+            env["OPENAI_API_KEY"] = env[STANDIN_KEY_ENV] = STANDIN_KEY
+            self._model_rows(llm)
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
         commands = {
             "web server": [*manage, "runserver", addr, "--noreload"],
@@ -65,6 +71,22 @@ class Command(BaseCommand):
         if exited and not stop.is_set():
             raise CommandError(f"the {' and the '.join(exited)} exited, so everything stopped")
 
+    def _model_rows(self, llm: LLMStandin) -> None:
+        """A model row on the stand-in's port of this start, with prices and limits to try."""
+        LLMModel.objects.update_or_create(
+            name="local-standin",
+            defaults={
+                "base_url": llm.url,
+                "api_key_env": STANDIN_KEY_ENV,
+                "upstream_model": "stand-in",
+                "context_window": 8192,
+                "input_price_per_million": Decimal("0.10"),
+                "output_price_per_million": Decimal("0.40"),
+                "requests_per_minute": 60,
+                "tokens_per_minute": 20_000,
+            },
+        )
+
     def _introduce(self, addr: str, llm: LLMStandin | None) -> None:
         User = get_user_model()
         login = ""
@@ -74,6 +96,7 @@ class Command(BaseCommand):
             login = f"  admin login: admin / {password} (created now; shown once)\n"
         answers = (
             f"  LLM: answers come from the local stand-in at {llm.url}, not a real model\n"
+            "       (model rows gpt-4o-mini, gpt-4o and local-standin: /admin/llm_models/)\n"
             "       (set OPENAI_API_KEY, and OPENAI_BASE_URL if needed, for a real one)\n"
             if llm
             else f"  LLM: {settings.OPENAI_BASE_URL or 'OpenAI'}\n"

@@ -27,7 +27,7 @@ def _charts(day: dict) -> list[charts.Chart]:
         charts.line("p95 duration", " ms", hours, day["p95_ms"]),
         charts.stacked_bars("Tokens", "", hours, {"tokens": day["tokens"]}),
         charts.stacked_bars(
-            "Cost", " USD", hours, {"cost": day["cost_usd"]}, fmt=lambda v: f"{v:.6f}"
+            "Cost", " USD", hours, {"cost": day["cost_usd"]}, fmt=lambda v: f"{v:.6f}", whole=False
         ),
     ]
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 
-WIDTH, HEIGHT = 680, 220
+WIDTH, HEIGHT = 540, 200
 LEFT, RIGHT, TOP, BOTTOM = 64, 12, 12, 30
 PLOT_WIDTH, PLOT_HEIGHT = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 # Colours by run status; an unknown status gets the last.
@@ -48,10 +48,18 @@ class Chart:
 
 
 def stacked_bars(
-    title: str, unit: str, hours: list[datetime], series: dict[str, list[float]], fmt=str
+    title: str,
+    unit: str,
+    hours: list[datetime],
+    series: dict[str, list[float]],
+    fmt=str,
+    whole: bool = True,
 ) -> Chart:
-    """One bar an hour, its parts stacked in the order of `series` (name -> 24 values)."""
-    chart = _frame(title, unit, hours, max_value=_max_stack(series), fmt=fmt)
+    """One bar an hour, its parts stacked in the order of `series` (name -> 24 values).
+
+    `whole`: the values are counts, so the axis has whole-number ticks.
+    """
+    chart = _frame(title, unit, hours, _max_stack(series), fmt, whole)
     slot = PLOT_WIDTH / len(hours)
     scale = chart.scale
     for n, hour in enumerate(hours):
@@ -87,7 +95,7 @@ def line(
 ) -> Chart:
     """A point an hour with a value, joined; hours without one are left out."""
     known = [value for value in values if value is not None]
-    chart = _frame(title, unit, hours, max_value=max(known, default=0), fmt=fmt)
+    chart = _frame(title, unit, hours, max(known, default=0), fmt, whole=False)
     slot = PLOT_WIDTH / len(hours)
     coordinates = []
     for n, (hour, value) in enumerate(zip(hours, values, strict=True)):
@@ -101,9 +109,11 @@ def line(
     return chart
 
 
-def _frame(title: str, unit: str, hours: list[datetime], max_value: float, fmt) -> Chart:
+def _frame(
+    title: str, unit: str, hours: list[datetime], max_value: float, fmt, whole: bool
+) -> Chart:
     chart = Chart(title=title, unit=unit)
-    top = _nice_ceiling(max_value)
+    top = 4 * _nice_step(max_value / 4, whole)
     chart.scale = top
     chart.y_ticks = [
         {"y": round(_y(top * k / 4, top), 1), "label": fmt(_tidy(top * k / 4))} for k in range(5)
@@ -127,13 +137,13 @@ def _max_stack(series: dict[str, list[float]]) -> float:
     return max(sum(values) for values in zip(*series.values(), strict=True))
 
 
-def _nice_ceiling(value: float) -> float:
-    """Return 1, 2, 2.5 or 5 times a power of ten, at least `value` (1 for nothing)."""
-    if value <= 0:
+def _nice_step(value: float, whole: bool) -> float:
+    """Return 1, 2, 2.5 or 5 times a power of ten, at least `value`; at least 1 when `whole`."""
+    if value <= 0 or (whole and value <= 1):
         return 1
     power = 10 ** math.floor(math.log10(value))
     for step in (1, 2, 2.5, 5, 10):
-        if value <= step * power:
+        if value <= step * power and not (whole and (step * power) % 1):
             return step * power
     return 10 * power
 

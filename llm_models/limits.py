@@ -72,13 +72,23 @@ if fits(count, total) then
   redis.call('PEXPIRE', KEYS[2], window * 2)
   return -1
 end
-local calls = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-for i = 1, #calls, 2 do
-  count = count - 1
-  total = total - tonumber(redis.call('HGET', KEYS[2], calls[i]) or 0)
-  if fits(count, total) then return tonumber(calls[i + 1]) + window - now + 1 end
+-- When does it fit? Walk the calls oldest first, a few at a time, until
+-- enough of them have lapsed; with no token limit the answer is one lookup.
+if tpm < 0 then
+  local oldest = redis.call('ZRANGE', KEYS[1], count - rpm, count - rpm, 'WITHSCORES')
+  return tonumber(oldest[2]) + window - now + 1
 end
-return window
+local from = 0
+while true do
+  local calls = redis.call('ZRANGE', KEYS[1], from, from + 63, 'WITHSCORES')
+  if #calls == 0 then return window end
+  for i = 1, #calls, 2 do
+    count = count - 1
+    total = total - tonumber(redis.call('HGET', KEYS[2], calls[i]) or 0)
+    if fits(count, total) then return tonumber(calls[i + 1]) + window - now + 1 end
+  end
+  from = from + 64
+end
 """
 
 # KEYS: calls, tokens. ARGV: window ms, call id, tokens. The call ends now, with these tokens.

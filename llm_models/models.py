@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
@@ -10,6 +11,20 @@ from django.db import models
 
 # Variables that hold the service's own secrets: a model's key is never read from them.
 RESERVED_ENV_VARS = frozenset({"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "POSTGRES_PASSWORD"})
+
+
+def validate_base_url(value: str) -> None:
+    """Accept http(s) URLs with any host name, such as a compose service's `http://llama:8080/v1`.
+
+    Django's URLValidator wants a dotted name, which internal hosts often lack.
+    """
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("An http:// or https:// URL with a host, e.g. http://llm:8080/v1.")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is no number
+    except ValueError:
+        raise ValidationError("The port must be a number.") from None
 
 
 def _limit(help_text: str) -> models.PositiveIntegerField:
@@ -36,8 +51,9 @@ class LLMModel(models.Model):
     name = models.CharField(
         max_length=255, unique=True, help_text="What agents name as their `model`."
     )
-    base_url = models.URLField(
+    base_url = models.CharField(
         max_length=500,
+        validators=[validate_base_url],
         blank=True,
         help_text="The provider's OpenAI-compatible base URL, e.g. http://llm.internal:8080/v1. "
         "Empty: the default provider (OPENAI_BASE_URL, with OPENAI_API_KEY).",

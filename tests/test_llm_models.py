@@ -273,3 +273,60 @@ def test_two_workers_sharing_a_tokens_per_minute_limit_stay_within_it(
     for start, _ in received:
         within = sum(tokens for at, tokens in received if start <= at < start + window)
         assert within <= tpm, (start, within, received)
+
+
+# --- The admin --------------------------------------------------------------------------
+
+
+def _add(admin_client, **fields):
+    form = {
+        "name": "llama",
+        "upstream_model": "",
+        "context_window": "",
+        "base_url": "",
+        "api_key_env": "",
+        "input_price_per_million": "",
+        "output_price_per_million": "",
+        "requests_per_minute": "",
+        "tokens_per_minute": "",
+        **fields,
+    }
+    return admin_client.post("/admin/llm_models/llmmodel/add/", form)
+
+
+def test_the_admin_adds_a_model_on_an_internal_host_with_its_key_variable(admin_client):
+    response = _add(
+        admin_client,
+        base_url="http://llama:8080/v1",
+        api_key_env="LLAMA_API_KEY",
+        input_price_per_million="0.05",
+        output_price_per_million="0.10",
+        tokens_per_minute="60000",
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    row = LLMModel.objects.get(name="llama")
+    assert (row.base_url, row.api_key_env, row.tokens_per_minute) == (
+        "http://llama:8080/v1",
+        "LLAMA_API_KEY",
+        60000,
+    )
+    listing = admin_client.get("/admin/llm_models/llmmodel/").content.decode()
+    assert "LLAMA_API_KEY" in listing and "http://llama:8080/v1" in listing
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("api_key_env", "SECRET_KEY"),  # the service's own secret, not a provider's key
+        ("api_key_env", "sk-live-1234"),  # a key pasted where its variable's name belongs
+        ("base_url", "ftp://llama/v1"),
+        ("base_url", "http://:8080/v1"),
+        ("tokens_per_minute", "0"),
+        ("input_price_per_million", "-1"),
+    ],
+)
+def test_the_admin_refuses_what_cannot_work(admin_client, field, value):
+    response = _add(admin_client, **{field: value})
+    assert response.status_code == 200  # the form again, with its errors
+    assert "errorlist" in response.content.decode()
+    assert not LLMModel.objects.filter(name="llama").exists()

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from tests.helpers import make_execution
+from tests.helpers import agent_run, make_execution, run_one
 
 pytestmark = pytest.mark.django_db
 
@@ -81,3 +81,11 @@ def test_an_empty_day_says_so_in_every_chart(admin_client):
     assert page.count('<figure class="aes-chart">') == 4
     assert page.count("· no runs") == 4
     assert titles(page) == []
+
+
+def test_the_counters_since_they_began_show_cost_by_model(admin_client, peers, llm):
+    run = run_one(agent_run(agent_id="plain-bot"))
+
+    page = admin_client.get(PAGE).content.decode()
+
+    assert f"gpt-4o-mini {run.cost_usd:.6f} USD" in page

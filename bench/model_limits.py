@@ -1,8 +1,9 @@
 """What a model's shared rpm/tpm window costs a call: python -m bench.model_limits.
 
 Each LLM call on a model with a limit makes two Redis scripts (reserve,
-settle; llm_models/limits.py). This measures them against the REDIS_URL
-given (or a private server), on keys of a model of its own, deleted after:
+settle; llm_models/limits.py), a waiting one a look per wake-up. This
+measures them against the REDIS_URL given (or a private server), on keys of
+a model of its own, deleted after:
 
 - per call, with an empty window and with one holding `--held` recent calls,
   from `--threads` threads at once, as a threaded worker's runs would;
@@ -45,7 +46,12 @@ def _route(rpm: int | None, tpm: int | None) -> Route:
 
 
 def _clear() -> None:
-    redis_clients.shared().delete(keys.model_calls(NAME), keys.model_tokens(NAME))
+    redis_clients.shared().delete(
+        keys.model_calls(NAME),
+        keys.model_tokens(NAME),
+        keys.model_line(NAME),
+        keys.model_line_expiry(NAME),
+    )
 
 
 def _calls(route: Route, calls: int, threads: int) -> float:
@@ -76,14 +82,18 @@ def _refused_look(held: int) -> float:
     for _ in range(looks):
         wait = client.eval(
             limits._ADMIT,
-            2,
+            4,
             keys.model_calls(NAME),
             keys.model_tokens(NAME),
+            keys.model_line(NAME),
+            keys.model_line_expiry(NAME),
             limits.WINDOW_MS,
             held,
             -1,
             "refused",
             1,
+            limits.LINE_GRACE_MS,
+            limits.BEHIND_POLL_MS,
         )
         assert wait > 0
     return (time.perf_counter() - began) / looks * 1e6

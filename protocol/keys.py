@@ -111,6 +111,16 @@ def model_tokens(model: str) -> str:
     return f"execution:model_tokens:{model}"
 
 
+def model_line(model: str) -> str:
+    """The calls waiting for room in the model's window, by arrival (first come first)."""
+    return f"execution:model_line:{model}"
+
+
+def model_line_expiry(model: str) -> str:
+    """When each waiter of the model's line leaves it unless it looks again (ms)."""
+    return f"execution:model_line_expiry:{model}"
+
+
 def metrics(tier: str, tenant_id: str) -> str:
     return f"execution:metrics:{tier}:{tenant_id}"
 

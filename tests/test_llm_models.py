@@ -8,9 +8,12 @@ from decimal import Decimal
 
 import pytest
 
+from aes_project import redis_clients
 from executions.models import Execution
 from llm_models import limits
+from llm_models.lookup import Route
 from llm_models.models import LLMModel
+from protocol import keys
 from standins.llm import LLMStandin
 from tests.helpers import agent_run, callbacks, consume, push, run_one, wait_for
 from workers.threaded import ThreadedHost
@@ -330,3 +333,35 @@ def test_the_admin_refuses_what_cannot_work(admin_client, field, value):
     assert response.status_code == 200  # the form again, with its errors
     assert "errorlist" in response.content.decode()
     assert not LLMModel.objects.filter(name="llama").exists()
+
+
+def test_a_call_that_waited_is_served_before_one_that_came_later(monkeypatch):
+    monkeypatch.setattr(limits, "WINDOW_MS", 1500)
+    model = Route(name="metered", base_url=None, api_key=None, model="m", requests_per_minute=1)
+    limits.acquire(model, 10, time.monotonic() + 5)  # the window's one call
+    served: list[str] = []
+
+    def call(name: str) -> None:
+        limits.acquire(model, 10, time.monotonic() + 10)
+        served.append(name)
+
+    first = threading.Thread(target=call, args=("waiting first",))
+    first.start()
+    wait_for(lambda: redis_clients.shared().zcard(keys.model_line("metered")) == 1)
+    # A newcomer arrives while the first waits, and looks often: it still comes second.
+    monkeypatch.setattr(limits, "BEHIND_POLL_MS", 10)
+    second = threading.Thread(target=call, args=("came later",))
+    second.start()
+    first.join(timeout=10)
+    assert served == ["waiting first"]
+    assert second.is_alive()  # the window holds the first's call now
+    second.join(timeout=10)
+    assert served == ["waiting first", "came later"]
+
+
+def test_a_refused_call_leaves_the_line(monkeypatch):
+    model = Route(name="metered", base_url=None, api_key=None, model="m", requests_per_minute=1)
+    limits.acquire(model, 10, time.monotonic() + 5)
+    with pytest.raises(limits.OverLimit):
+        limits.acquire(model, 10, time.monotonic() + 5)  # room in a minute: past the deadline
+    assert redis_clients.shared().zcard(keys.model_line("metered")) == 0

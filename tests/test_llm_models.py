@@ -83,6 +83,7 @@ def test_a_model_in_the_table_goes_to_its_provider_with_its_upstream_id_and_key(
     assert llm.requests == []
     assert execution.model == "house-small"
     assert execution.steps.get(kind="llm").model == "house-small"
+    assert not execution.steps.filter(name="model_fallback").exists()
 
 
 def test_the_wrong_key_in_the_named_variable_is_refused_by_the_provider(
@@ -127,6 +128,12 @@ def test_an_unknown_model_name_goes_to_the_default_model_on_the_default_provider
     assert [request["model"] for request in llm.requests] == ["house-default"]
     assert second_llm.requests == []
     assert execution.model == "house-default"
+    note = execution.steps.get(kind="note", name="model_fallback")
+    assert note.output == {
+        "asked": "gpt-3.5-turbo-0301",
+        "used": "house-default",
+        "reason": "not in the model table",
+    }
     # No row, no prices.
     assert execution.cost_usd is None
     assert callbacks()[0]["data"]["usage"]["cost_usd"] is None

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from executions.agent import llm
-from executions.agent.loop import Complete, Completion
+from executions.agent.loop import Complete, Completion, Step
 from executions.exceptions import LLMError, ModelRateLimited
 from llm_models import limits, lookup
 from llm_models.lookup import Route
@@ -24,6 +24,17 @@ def route(agent: AgentConfig) -> Route:
         return lookup.resolve(agent.model)
     except lookup.Unconfigured as exc:
         raise LLMError(str(exc)) from None
+
+
+def fallback_note(agent: AgentConfig, model: Route) -> Step | None:
+    """Return a note saying the agent's model is not in the table, when it is not."""
+    if not agent.model or agent.model == model.name:
+        return None
+    return Step(
+        kind="note",
+        name="model_fallback",
+        output={"asked": agent.model, "used": model.name, "reason": "not in the model table"},
+    )
 
 
 def completer(

@@ -76,6 +76,8 @@ def run(execution: Execution, tier: Tier) -> Outcome:
         )
         _check_permissions(tier, agent)
         model = routing.route(agent)
+        if not resumed and (note := routing.fallback_note(agent, model)):
+            save_step(execution, note)
         release_connection()  # the tier and model lookups may have taken one
         history = []
         if execution.session_id:

@@ -172,11 +172,11 @@ def test_llm_overload_and_server_errors_are_retried(peers, llm):
 
 def test_an_llm_that_keeps_failing_ends_in_llm_error(peers, llm):
     for _ in range(4):
-        llm.push_error(500, "the model is on fire", headers={"retry-after-ms": "10"})
+        llm.push_error(503, "overloaded", headers={"retry-after-ms": "10"})
     execution, sent = run_one(agent_run())
     assert execution.status == "failed"
     assert execution.error_code == "LLM_ERROR"
-    assert "500" in execution.error_message and "4 attempts" in execution.error_message
+    assert execution.error_message == "the model server refused the request (HTTP 503, 4 attempts)"
     assert len(llm.requests) == 4
 
 

@@ -213,12 +213,12 @@ def _save_messages(
     limits: dict[str, Any],
     deadline: float,
 ) -> None:
-    if not execution.session_id:
+    # A turn is saved whole or not at all: a session never keeps a question
+    # without its answer (a completed run always has one).
+    if not execution.session_id or not response:
         return
     saved = []
     for role, content in (("user", data.message), ("assistant", response)):
-        if content is None:
-            continue
         message = SaveMessage(
             session_id=execution.session_id,
             role=role,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import threading
 import time
 import uuid
@@ -32,6 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 MODEL_ID = "stand-in"
+# The status `answer` gives for a request whose connection is to be dropped unanswered.
+DROP = -1
 
 
 def _content_text(content: Any) -> str:
@@ -143,6 +146,10 @@ class LLMStandin:
         item = {"status": status, "body": _error_body(message, status), "headers": headers or {}}
         self.script.append(item)
 
+    def push_disconnect(self) -> None:
+        """Next request's connection is closed without an answer, as a crashed server's is."""
+        self.script.append({"drop": True})
+
     def push_hang(self, seconds: float) -> None:
         """Next request sleeps `seconds` and then gets the default answer."""
         self.script.append({"sleep": seconds})
@@ -173,6 +180,8 @@ class LLMStandin:
         self._sleep(self.latency_seconds)
         if item is not None and item.get("sleep"):
             self._sleep(float(item["sleep"]))
+        if item is not None and item.get("drop"):
+            return DROP, {}, {}
         if item is not None and "status" in item:
             status = int(item["status"])
             error = item.get("body") or _error_body(f"scripted error {status}", status)
@@ -411,6 +420,11 @@ def _make_handler(standin: LLMStandin) -> type[BaseHTTPRequestHandler]:
             if body.get("stream"):
                 self._send(400, _error_body("stream=true is not supported by the stand-in", 400))
                 return
-            self._send(*standin.answer(body))
+            status, answer, headers = standin.answer(body)
+            if status == DROP:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self._send(status, answer, headers)
 
     return Handler

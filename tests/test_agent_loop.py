@@ -314,3 +314,15 @@ def test_raw_control_characters_inside_argument_strings_are_accepted():
     result = loop.run([{"role": "user", "content": "x"}])
     assert result.tool_calls[0]["arguments"] == {"query": "two\nlines\tand a tab"}
     assert steps[1].error is None
+
+
+def test_a_withheld_answer_says_content_filter():
+    kept = Completion(content="Partly", tool_calls=[], finish_reason="content_filter")
+    loop, _ = make_loop(ScriptedModel(kept))
+    assert loop.run([{"role": "user", "content": "x"}]).stop_reason == "content_filter"
+
+    withheld = Completion(content=None, tool_calls=[], finish_reason="content_filter")
+    loop, _ = make_loop(ScriptedModel(withheld))
+    with pytest.raises(EmptyResponse) as raised:
+        loop.run([{"role": "user", "content": "x"}])
+    assert raised.value.stop_reason == "content_filter"

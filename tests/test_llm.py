@@ -111,6 +111,17 @@ def test_steps_show_failed_attempts_and_a_resume_does_not_count_them(peers, llm)
     assert journal_result(execution).iterations == 1  # what a resumed attempt would count
 
 
+def test_a_lost_connection_is_retried(peers, llm):
+    llm.push_disconnect()
+    execution = run_one(agent_run(message="still there?"))
+
+    assert execution.status == "completed"
+    assert execution.response == "(stand-in) You said: still there?"
+    first, second = llm_steps(execution)
+    assert first.error == "the model server could not be reached"
+    assert second.error is None and second.input["attempt"] == 2
+
+
 def test_an_answer_cut_at_max_tokens_completes_with_stop_reason_length(peers, llm):
     llm.push_answer("Refunds are possible within thirty days. " * 200)
     execution = run_one(agent_run(agent_id="plain-bot"))

@@ -122,7 +122,9 @@ def run(execution: Execution, tier: Tier) -> Outcome:
             isinstance(error, UpstreamTimeout) and time.monotonic() >= deadline
         ):
             error = ExecutionTimeout(f"the run's deadline of {timeout}s passed")
-        return Outcome.from_error(error, error.partial or result)
+        # RQ's own timeout interrupts the loop before it can attach its
+        # partial result: the journal holds what the run had produced.
+        return Outcome.from_error(error, error.partial or result or journal_result(execution))
     except Exception as exc:
         log.exception("execution %s crashed", execution.id)
         return Outcome.internal(type(exc).__name__)

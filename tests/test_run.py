@@ -134,6 +134,7 @@ def test_refused_runs_are_rejected_without_an_llm_call(peers, llm, agent_id, tie
     assert len(sent) == 1
     assert sent[0]["data"]["status"] == "rejected"
     assert sent[0]["data"]["error"]["code"] == code
+    assert (execution.stop_reason, sent[0]["data"]["stop_reason"]) == ("error", "error")
 
 
 def test_enterprise_agent_runs_for_an_enterprise_tenant(peers, llm):

@@ -129,8 +129,8 @@ def replay(messages: list[dict[str, Any]], journal: list[Replayed]) -> LoopState
     state = LoopState(messages=list(messages), result=LoopResult())
     result = state.result
     for entry in journal:
-        # Journals written before assistant messages carried "" instead of null
-        # are sent as the servers that refuse null want them.
+        # Journals written before assistant messages carried "" hold null:
+        # replayed as "", which every server accepts.
         message = _sendable(entry.replay["message"])
         if entry.kind == "llm":
             result.iterations += 1

@@ -241,3 +241,16 @@ def test_raw_control_characters_in_tool_arguments_are_accepted(peers, llm):
     assert execution.status == "completed"
     assert execution.steps.get(kind="tool").input == {"query": "refunds\n\tpolicy"}
     assert peers.peers.handled.get(QS_REQUEST) == 1
+
+
+def test_the_api_shows_the_stop_reason_and_each_try_of_a_call(peers, llm, admin_client):
+    llm.push_error(502, "bad gateway", headers={"retry-after-ms": "10"})
+    llm.push_answer("Refunds take five days. " * 100)
+    execution = run_one(agent_run(agent_id="plain-bot"))
+
+    body = admin_client.get(f"/api/executions/{execution.id}/").json()
+    assert body["status"] == "completed" and body["stop_reason"] == "length"
+    tries = [(s["input"]["attempt"], s["error"]) for s in body["steps"] if s["kind"] == "llm"]
+    assert tries == [(1, "the model server refused the request (HTTP 502)"), (2, None)]
+    listed = admin_client.get("/api/executions/", {"stop_reason": "length"}).json()["results"]
+    assert [row["id"] for row in listed] == [str(execution.id)]

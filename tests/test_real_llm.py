@@ -37,13 +37,15 @@ def real_llm(settings):
     settings.OPENAI_API_KEY = os.environ.get("AES_REAL_LLM_API_KEY", "not-set")
     # A small model on a small machine: the run may take a while, each call too.
     settings.AES_LLM_CALL_TIMEOUT_SECONDS = 240
-    tier = Tier.objects.get(name="enterprise")
+    # The free tier's 3 calls and 4,000 tokens keep a model that searches
+    # again and again within a small server's context window (-c 4096).
+    tier = Tier.objects.get(name="free")
     tier.timeout_seconds = 500
     tier.save()
 
 
 def test_a_plain_run_completes_against_the_real_server(peers, real_llm):
-    execution = run_one(agent_run(agent_id="plain-bot", tier="enterprise"), "enterprise")
+    execution = run_one(agent_run(agent_id="plain-bot"))
 
     assert execution.status == "completed", execution.error_message
     assert execution.stop_reason in ("stop", "length")
@@ -53,17 +55,14 @@ def test_a_plain_run_completes_against_the_real_server(peers, real_llm):
 
 
 def test_a_tool_run_ends_as_the_protocol_says_and_no_request_is_refused(peers, real_llm):
-    execution = run_one(
-        agent_run(agent_id="support-bot", tier="enterprise", message="How do refunds work?"),
-        "enterprise",
-    )
+    execution = run_one(agent_run(agent_id="support-bot", message="How do refunds work?"))
 
     # A small model may answer at once, search, or search until a limit:
     # what it may not meet is a refused request.
-    assert execution.error_code != "LLM_ERROR", execution.error_message
-    assert execution.stop_reason in STOP_REASONS
     steps = list(execution.steps.filter(kind="llm"))
-    assert steps and all(step.error is None for step in steps)
+    refused = [(step.error, step.output) for step in steps if step.error]
+    assert execution.error_code != "LLM_ERROR" and not refused, refused
+    assert execution.stop_reason in STOP_REASONS
     if execution.status == "completed":
         assert execution.response.strip()
 

@@ -39,6 +39,7 @@ class ExecutionAdmin(admin.ModelAdmin):
     list_display = (
         "id",
         "status",
+        "stop_reason",
         "tier",
         "tenant_id",
         "agent_id",
@@ -54,6 +55,7 @@ class ExecutionAdmin(admin.ModelAdmin):
     )
     list_filter = (
         "status",
+        "stop_reason",
         "tier",
         "model",
         ("callback_sent_at", admin.EmptyFieldListFilter),

@@ -30,6 +30,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "status",
             "message",
             "response",
+            "stop_reason",
             "error",
             "iterations",
             "resumes",

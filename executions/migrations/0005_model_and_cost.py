@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('executions', '0003_resumes_and_journal'),
+        ('executions', '0004_stop_reason'),
     ]
 
     operations = [

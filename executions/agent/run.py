@@ -14,7 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 from rq.timeouts import JobTimeoutException
 
-from executions import gates, lifecycle
+from executions import events, gates, lifecycle
 from executions.agent import llm, peers, tools
 from executions.agent.loop import AgentLoop, Replayed, Step, replay
 from executions.exceptions import (
@@ -190,8 +190,11 @@ def _without_connection(call: Callable[P, R]) -> Callable[P, R]:
 
 
 def save_step(execution: Execution, step: Step) -> None:
-    """Store one step of the loop as an ExecutionStep: the run's journal (§9)."""
-    execution.add_step(
+    """Store one step of the loop as an ExecutionStep: the run's journal (§9).
+
+    Its `step` event goes out with the run's next round trip to Redis.
+    """
+    recorded = execution.add_step(
         step.kind,
         step.name,
         input=step.input,
@@ -202,6 +205,7 @@ def save_step(execution: Execution, step: Step) -> None:
         duration_ms=step.duration_ms,
         replay=step.replay,
     )
+    events.of(execution).add(events.STEP, step=events.step_fields(recorded))
     release_connection()
 
 

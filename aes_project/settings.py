@@ -197,6 +197,12 @@ AES_DEFAULT_MODEL = env_str("AES_DEFAULT_MODEL", "gpt-4o-mini")
 AES_PEER_TIMEOUT_SECONDS = env_float("AES_PEER_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 # Seconds a tool waits for its ES/QS callback (never past the run's deadline).
 AES_TOOL_TIMEOUT_SECONDS = env_float("AES_TOOL_TIMEOUT_SECONDS", 30.0, minimum=0.1)
+# Seconds a streamed LLM answer may stay silent between two chunks before the
+# call is an LLM error (data.stream runs only).
+AES_LLM_STREAM_IDLE_SECONDS = env_float("AES_LLM_STREAM_IDLE_SECONDS", 30.0, minimum=0.1)
+# Seconds between the comment lines that keep an idle event stream's
+# connection open (GET /api/executions/{id}/events/); proxies drop silent ones.
+AES_EVENTS_KEEPALIVE_SECONDS = env_float("AES_EVENTS_KEEPALIVE_SECONDS", 15.0, minimum=0.1)
 # Seconds a tier row is served from the in-process cache before re-reading.
 AES_TIER_CACHE_SECONDS = env_float("AES_TIER_CACHE_SECONDS", 5.0)
 # Seconds a consumer's heartbeat stays valid; a consumer silent for longer

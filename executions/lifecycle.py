@@ -62,8 +62,13 @@ def submit(
     admission.agent_run(action, request)
     if own_queues_only:
         admission.check_tenant_queue(action.callback_queue, tenant_id)
-    redis_clients.shared().lpush(keys.actions(tier), raw)
-    return action_id, execution_id_for(tenant_id, action_id)
+    execution_id = execution_id_for(tenant_id, action_id)
+    pipe = redis_clients.shared().pipeline(transaction=False)
+    # Lets the tenant follow the run's events before the consumer records it.
+    pipe.set(keys.submitted(str(execution_id)), tenant_id, ex=keys.SUBMITTED_TTL_SECONDS)
+    pipe.lpush(keys.actions(tier), raw)
+    pipe.execute()
+    return action_id, execution_id
 
 
 def accept(run: admission.AgentRun, tier: str) -> Execution:

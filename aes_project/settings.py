@@ -14,7 +14,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from aes_project import embedded_redis, logs
+from aes_project import embedded_redis, logs, outbound
 from aes_project.env import env_bool, env_float, env_list, env_str
 from protocol.keys import DJANGO_CACHE_PREFIX
 
@@ -203,6 +203,17 @@ AES_LLM_STREAM_IDLE_SECONDS = env_float("AES_LLM_STREAM_IDLE_SECONDS", 30.0, min
 # Seconds between the comment lines that keep an idle event stream's
 # connection open (GET /api/executions/{id}/events/); proxies drop silent ones.
 AES_EVENTS_KEEPALIVE_SECONDS = env_float("AES_EVENTS_KEEPALIVE_SECONDS", 15.0, minimum=0.1)
+# Hosts that tools and webhooks may call (aes_project/outbound.py): `*` is any
+# host with only public addresses; a named host may be private.
+AES_TOOL_ALLOWED_HOSTS = env_str("AES_TOOL_ALLOWED_HOSTS", "*")
+AES_WEBHOOK_ALLOWED_HOSTS = env_str("AES_WEBHOOK_ALLOWED_HOSTS", "*")
+for _name in ("AES_TOOL_ALLOWED_HOSTS", "AES_WEBHOOK_ALLOWED_HOSTS"):
+    try:
+        outbound.HostPolicy.from_setting(globals()[_name])
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{_name}: {exc}") from None
+# Bytes of a tool's result the model sees; the rest is cut and marked as cut.
+AES_TOOL_RESULT_MAX_BYTES = int(env_float("AES_TOOL_RESULT_MAX_BYTES", 16384, minimum=256))
 # Seconds a tier row is served from the in-process cache before re-reading.
 AES_TIER_CACHE_SECONDS = env_float("AES_TIER_CACHE_SECONDS", 5.0)
 # Seconds a consumer's heartbeat stays valid; a consumer silent for longer

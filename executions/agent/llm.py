@@ -20,6 +20,7 @@ import openai
 from django.conf import settings
 from openai.types.chat import ChatCompletion
 
+from executions.agent import streaming
 from executions.agent.loop import Complete, Completion, ToolCall
 from executions.exceptions import ExecutionTimeout, LLMError
 
@@ -59,8 +60,13 @@ def completer(
     model: str,
     temperature: float | None,
     check_cancelled: Callable[[], None] = lambda: None,
+    on_delta: Callable[[str], None] | None = None,
 ) -> Complete:
-    """Return the agent loop's `complete` function for one agent's settings."""
+    """Return the agent loop's `complete` function for one agent's settings.
+
+    With `on_delta`, each call streams and hands it the text as it arrives
+    (executions/agent/streaming.py).
+    """
 
     def complete(
         messages: list[dict[str, Any]],
@@ -81,7 +87,11 @@ def completer(
             if remaining <= 0:
                 raise ExecutionTimeout("the run's deadline passed during LLM retries")
             try:
-                return _reduce(_call(request, remaining, check_cancelled))
+                if on_delta is not None:
+                    answer = streaming.call(client(), request, remaining, check_cancelled, on_delta)
+                else:
+                    answer = _call(request, remaining, check_cancelled)
+                return _reduce(answer)
             except openai.APITimeoutError:
                 raise ExecutionTimeout(f"the LLM did not answer within {remaining:.1f}s") from None
             except openai.APIStatusError as exc:

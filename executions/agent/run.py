@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+import redis
 from django import db
 from django.conf import settings
 from django.utils import timezone
@@ -99,6 +100,7 @@ def run(execution: Execution, tier: Tier) -> Outcome:
                     model=agent.model or settings.AES_DEFAULT_MODEL,
                     temperature=agent.temperature,
                     check_cancelled=check_cancelled,
+                    on_delta=_publisher(execution) if data.stream else None,
                 )
             ),
             tools=toolset,
@@ -187,6 +189,21 @@ def _without_connection(call: Callable[P, R]) -> Callable[P, R]:
         return call(*args, **kwargs)
 
     return wrapped
+
+
+def _publisher(execution: Execution) -> Callable[[str], None]:
+    """Return what publishes a streamed answer's text as the run's `delta` events, at once."""
+    run_events = events.of(execution)
+
+    def publish(text: str) -> None:
+        run_events.add(events.DELTA, text=text)
+        try:
+            run_events.flush()
+        except redis.RedisError as exc:
+            # Kept, and sent with the run's next round trip: the answer goes on.
+            log.warning("delta events of %s not sent yet: %s", execution.id, exc)
+
+    return publish
 
 
 def save_step(execution: Execution, step: Step) -> None:

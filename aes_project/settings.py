@@ -86,10 +86,12 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
 ]
 
-if not DEBUG:
-    # gunicorn serves the admin's and API docs' static files itself
-    # (collected into STATIC_ROOT); runserver does that in development.
-    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+# The web server serves the admin's and API docs' static files itself
+# (uvicorn has no static files of its own): collected into STATIC_ROOT in
+# production, found in the apps in development.
+MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
 
 # The admin login resists password guessing (django-axes): the axes backend
 # refuses a locked-out login before the ModelBackend checks its password.

@@ -70,7 +70,7 @@ STEP_EVENT_FIELDS = (
 def body(execution_id: str, event_type: str, **fields: Any) -> str:
     """Return an event as the append script takes it: JSON without `seq` and its opening brace."""
     event = {"execution_id": execution_id, "type": event_type, "at": now_iso(), **fields}
-    return json.dumps(event, default=str)[1:]
+    return json.dumps(event, separators=(",", ":"), default=str)[1:]
 
 
 def step_fields(step: Any) -> dict[str, Any]:

@@ -177,4 +177,4 @@ def _event(execution: Execution, seq: int, event_type: str, at: Any, **fields: A
         "at": at.isoformat() if at else None,
         **fields,
     }
-    return frame(seq, event_type, json.dumps(data, default=str))
+    return frame(seq, event_type, json.dumps(data, separators=(",", ":"), default=str))

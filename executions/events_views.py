@@ -121,6 +121,8 @@ async def _frames(execution_id: str, after: int) -> AsyncIterator[str]:
     stream = keys.events(execution_id)
     # Sent at once, so the client knows it is connected before the first event.
     yield ": following\n\n"
+    if await _ended_before(client, stream, after):
+        return  # a reconnection after `done`: nothing more will come
     while True:
         if not await client.exists(stream):
             recorded, ended = await sync_to_async(_ended_from_database)(execution_id, after)
@@ -144,6 +146,15 @@ async def _frames(execution_id: str, after: int) -> AsyncIterator[str]:
             yield frame(after, event["type"], raw)
             if event["type"] == events.DONE:
                 return
+
+
+async def _ended_before(client, stream: str, after: int) -> bool:
+    """Return True when the stream's last event is a `done` at or before seq `after`."""
+    last = await client.xrevrange(stream, count=1)
+    if not last:
+        return False
+    event = json.loads(last[0][1][b"event"])
+    return event["type"] == events.DONE and event["seq"] <= after
 
 
 def _ended_from_database(execution_id: str, after: int) -> tuple[bool, list[str]]:

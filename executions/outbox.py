@@ -22,12 +22,12 @@ from protocol.messages import ErrorInfo, ExecutionCallback, ExecutionCallbackDat
 log = logging.getLogger(__name__)
 
 
-# The outbox's one step in Redis, atomic: count the run in the metrics, write
-# its last events and its `done` event, and push its callback, each unless the
-# run's outbox hash says it was done. A crash between the push and marking
-# the row sent does not send it twice; a push that fails (the queue holds
-# another type) leaves the run counted and the push to be tried again, since
-# its LPUSH error aborts nothing before it.
+# The outbox's one step in Redis, atomic: count the run in the metrics and
+# write its last events and its `done` event (once: when it is counted), and
+# push its callback, each unless the run's outbox hash says it was done. A
+# crash between the push and marking the row sent does not send it twice; a
+# push that fails (the queue holds another type) leaves the run counted and
+# the push to be tried again, since its LPUSH error aborts nothing before it.
 # KEYS: outbox hash, metrics hash, metrics index, events stream, events
 # counter[, callback queue]. ARGV: hash TTL, callback JSON, the events' ended
 # TTL, N, N event bodies ending with `done` (N = 0: no events), then metric
@@ -39,13 +39,14 @@ if redis.call('HSETNX', KEYS[1], 'counted', '1') == 1 then
   redis.call('SADD', KEYS[3], KEYS[2])
   local first = 5 + tonumber(ARGV[4])
   for i = first, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  -- The run's end is counted once, and so is its `done` written once.
+  if tonumber(ARGV[4]) > 0 then
+    append_events(4, 5, 4 + tonumber(ARGV[4]))
+    redis.call('EXPIRE', KEYS[4], ARGV[3])
+    redis.call('EXPIRE', KEYS[5], ARGV[3])
+  end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-if tonumber(ARGV[4]) > 0 and redis.call('HSETNX', KEYS[1], 'evented', '1') == 1 then
-  append_events(4, 5, 4 + tonumber(ARGV[4]))
-  redis.call('EXPIRE', KEYS[4], ARGV[3])
-  redis.call('EXPIRE', KEYS[5], ARGV[3])
-end
 if not KEYS[6] or redis.call('HEXISTS', KEYS[1], 'pushed') == 1 then return 0 end
 local pushed = redis.pcall('LPUSH', KEYS[6], ARGV[2])
 if type(pushed) == 'table' and pushed.err then return redis.error_reply(pushed.err) end

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from executions import outbox
 from executions.models import Execution
 from protocol import keys
 from tests.helpers import agent_run, callbacks, consume, push, run_one, work
@@ -53,5 +54,13 @@ def test_a_redelivered_message_adds_no_second_queued_event(peers, llm, redis):
     consume()
     work()
     execution = Execution.objects.get()
+    types = [e["type"] for e in stream_events(redis, execution.id)]
+    assert types == ["status", "status", "step", "done"]
+
+
+def test_a_callback_sent_again_writes_no_second_done(peers, llm, redis):
+    execution = run_one(agent_run())
+    outbox.deliver(execution, again=True)
+    assert len(callbacks()) == 2
     types = [e["type"] for e in stream_events(redis, execution.id)]
     assert types == ["status", "status", "step", "done"]

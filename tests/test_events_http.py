@@ -134,6 +134,8 @@ def test_a_client_that_drops_mid_run_gets_exactly_the_rest_with_last_event_id(we
     assert ids == list(range(1, len(ids) + 1))  # no gap, no repeat
     assert rest[-1]["event"] == "done"
     assert rest[-1]["data"]["callback"]["status"] == "completed"
+    # A client that comes back after done is answered at once, with nothing.
+    assert Follower(web, execution.id, secret, after=str(ids[-1])).all() == []
     # ?after=N is the same as the header.
     tail = Follower(web, execution.id, secret, after=str(ids[-3])).all()
     assert summary(tail) == summary((seen + rest)[-2:])

@@ -41,6 +41,7 @@ from protocol import keys
 
 # At most this many events go out per XREAD.
 READ_COUNT = 100
+MAX_SEQ = 2**63 - 1
 
 
 class _JsonOnly(DefaultContentNegotiation):
@@ -88,7 +89,8 @@ def _after(request) -> int:
         after = int(raw)
     except ValueError:
         after = -1
-    if after < 0:
+    # A stream id's parts are 64-bit: a larger one would be a Redis error.
+    if not 0 <= after <= MAX_SEQ:
         raise ValidationError({"after": ["A non-negative integer, the seq of the last event."]})
     return after
 
@@ -98,6 +100,11 @@ _access = EventsAccess.as_view()
 
 async def execution_events(request: HttpRequest, pk: str) -> HttpResponse:
     """Answer the run's events as text/event-stream, ending after `done`."""
+    try:
+        # One spelling of the id for the keys: UUID() takes braces, no hyphens, capitals.
+        pk = str(uuid.UUID(pk))
+    except ValueError:
+        pass  # answered 404 by EventsAccess, in the API's error body
     answer = await sync_to_async(_access)(request, pk=pk)
     if answer.status_code != 200:
         return answer

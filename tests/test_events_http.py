@@ -155,9 +155,17 @@ def test_another_tenants_run_is_not_found_with_the_stable_error_body(web, peers,
 
 def test_a_bad_last_event_id_is_a_bad_request(web, peers, llm):
     execution = run_one(agent_run())
-    follower = Follower(web, execution.id, token(), **{"Last-Event-ID": "soon"})
-    assert follower.response.status == 400
-    assert follower.json()["error"]["details"]["after"]
+    for bad in ("soon", "-1", str(2**64)):
+        follower = Follower(web, execution.id, token(), **{"Last-Event-ID": bad})
+        assert follower.response.status == 400
+        assert follower.json()["error"]["details"]["after"]
+    assert Follower(web, execution.id, token(), after="1.5").response.status == 400
+
+
+def test_the_id_may_be_spelled_as_any_uuid(web, peers, llm):
+    execution = run_one(agent_run())
+    spelled = execution.id.hex.upper()
+    assert summary(Follower(web, spelled, token()).all())[-1] == (4, "done")
 
 
 def test_without_credentials_the_route_answers_401(web):

@@ -64,6 +64,7 @@ def call(
             )
             held["stream"] = stream
             if stop.is_set():
+                stream.close()  # given up on while it connected
                 return
             for chunk in stream:
                 chunks.put(chunk)

@@ -84,6 +84,7 @@ def cancel_message(execution_id: str) -> dict:
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_cancel_during_a_streamed_answer_cuts_the_call_and_ends_with_done(peers, llm, redis):
+    cut_before = llm.streams_cut
     llm.push_stream("word " * 200, chunk_sleep=0.05)  # 250 chunks: about 12 s in all
     push(agent_run(stream=True))
     consume()
@@ -106,7 +107,7 @@ def test_cancel_during_a_streamed_answer_cuts_the_call_and_ends_with_done(peers,
     assert events[-1]["type"] == "done"
     assert events[-1]["callback"]["error"]["code"] == "CANCELLED"
     # The stand-in saw its answer cut before its end.
-    wait_for(lambda: llm.streams_cut == 1, timeout=10, what="the stream to be cut")
+    wait_for(lambda: llm.streams_cut == cut_before + 1, timeout=10, what="the stream to be cut")
 
 
 def test_a_stream_that_falls_silent_is_an_llm_error(peers, llm, redis, settings):
@@ -124,6 +125,7 @@ def test_a_stream_that_falls_silent_is_an_llm_error(peers, llm, redis, settings)
 
 
 def test_the_runs_deadline_cuts_a_streamed_answer(peers, llm, redis):
+    cut_before = llm.streams_cut
     llm.push_stream("word " * 200, chunk_sleep=0.05)
     execution = run_one(agent_run(stream=True, timeout=1))
 
@@ -132,6 +134,8 @@ def test_the_runs_deadline_cuts_a_streamed_answer(peers, llm, redis):
     events = stream_events(redis, execution.id)
     assert events[-1]["type"] == "done"
     assert events[-1]["callback"]["status"] == "timeout"
+    assert deltas(events)  # it was cut while it wrote, not before it began
+    wait_for(lambda: llm.streams_cut == cut_before + 1, timeout=10, what="the stream to be cut")
 
 
 @pytest.mark.django_free

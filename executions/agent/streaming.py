@@ -34,6 +34,8 @@ from executions.exceptions import ExecutionTimeout, LLMError
 
 # Seconds between two cancellation checks while chunks keep coming or not.
 CANCEL_POLL_SECONDS = 1.0
+# Characters of an upstream failure kept for operators (the failed try's step).
+DETAIL_CHARS = 500
 _END = object()
 
 
@@ -103,9 +105,11 @@ def _follow(
             check_cancelled()  # raises Cancelled
             checked = now
         if now >= deadline:
-            raise ExecutionTimeout(f"the LLM's streamed answer did not end within {timeout:.1f}s")
+            raise ExecutionTimeout(
+                f"the model server's streamed answer outlasted the run's {timeout:.0f} s left"
+            )
         if now - heard >= idle:
-            raise LLMError(f"the LLM's stream was silent for {idle:g}s")
+            raise LLMError(f"the model server's stream was silent for {idle:g} s")
         wait = min(CANCEL_POLL_SECONDS - (now - checked), deadline - now, heard + idle - now)
         try:
             item = chunks.get(timeout=max(wait, 0.001))
@@ -118,7 +122,10 @@ def _follow(
                 break
             if isinstance(item, Exception):
                 if answer.started or not isinstance(item, openai.APIError):
-                    raise LLMError(f"the LLM's stream broke off: {item}") from None
+                    # The tenant's line is the AES's own; the server's words are for operators.
+                    error = LLMError("the model server's streamed answer broke off")
+                    error.detail = str(item)[:DETAIL_CHARS]
+                    raise error from None
                 raise item
             text.append(answer.add(item))
             try:

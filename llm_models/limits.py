@@ -52,7 +52,8 @@ class OverLimit(Exception):
     """The call could not get room in its model's window before its deadline."""
 
 
-# KEYS: calls (zset), tokens (hash), line (zset), line expiry (hash).
+# KEYS: calls (zset), tokens (hash), line (zset, by arrival), line expiry (hash, and its
+# `#arrivals` counter).
 # ARGV: window ms, rpm, tpm (-1: none), call id, tokens, ms a waiter stays in line unseen,
 # ms between two looks of a waiter behind the head.
 # Returns -1 when the call was admitted (and counted), else the ms until it should look again.
@@ -123,7 +124,10 @@ else
 end
 -- Behind the head, not before `poll`: the head is served first, and may leave.
 if head and head ~= me then wait = math.max(wait, poll) end
-redis.call('ZADD', KEYS[3], 'NX', now, me)
+-- Ordered by a counter, not the clock: two calls in one millisecond keep their order.
+if not redis.call('ZSCORE', KEYS[3], me) then
+  redis.call('ZADD', KEYS[3], redis.call('HINCRBY', KEYS[4], '#arrivals', 1), me)
+end
 redis.call('HSET', KEYS[4], me, now + wait + grace)
 redis.call('PEXPIRE', KEYS[3], window * 2 + grace)
 redis.call('PEXPIRE', KEYS[4], window * 2 + grace)

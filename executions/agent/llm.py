@@ -27,6 +27,7 @@ import openai
 from django.conf import settings
 from openai.types.chat import ChatCompletion
 
+from executions.agent import streaming
 from executions.agent.loop import Attempt, Complete, Completion, ToolCall
 from executions.exceptions import ExecutionTimeout, LLMError, RunError
 
@@ -79,11 +80,14 @@ def completer(
     check_cancelled: Callable[[], None] = lambda: None,
     base_url: str | None = None,
     api_key: str | None = None,
+    on_delta: Callable[[str], None] | None = None,
 ) -> Complete:
     """Return the agent loop's `complete` function for one agent's settings.
 
     `model` is the id the provider is sent, at `base_url` with `api_key`
-    (llm_models.lookup.Route); without them, the default provider.
+    (llm_models.lookup.Route); without them, the default provider. With
+    `on_delta`, each call streams and hands it the text as it arrives
+    (executions/agent/streaming.py).
     """
     connection = _client(base_url, api_key) if base_url or api_key else client()
 
@@ -97,7 +101,7 @@ def completer(
         failed: list[Attempt] = []
         try:
             return _complete(
-                connection, request, time.monotonic() + timeout, failed, check_cancelled
+                connection, request, time.monotonic() + timeout, failed, check_cancelled, on_delta
             )
         except RunError as error:
             error.attempts = failed
@@ -133,6 +137,7 @@ def _complete(
     deadline: float,
     failed: list[Attempt],
     check_cancelled: Callable[[], None],
+    on_delta: Callable[[str], None] | None = None,
 ) -> Completion:
     for attempt in range(1, MAX_ATTEMPTS + 1):
         remaining = deadline - time.monotonic()
@@ -142,7 +147,17 @@ def _complete(
         began = time.monotonic()
         delay = _backoff(attempt)
         try:
-            answer = _call(connection, request, call_timeout, check_cancelled)
+            if on_delta is None:
+                answer = _call(connection, request, call_timeout, check_cancelled)
+            else:
+                # Bounded by the run's deadline and the silence between chunks: a
+                # long answer that keeps coming is not a hung call.
+                answer = streaming.call(connection, request, remaining, check_cancelled, on_delta)
+        except LLMError as exc:
+            # A streamed answer that broke off or fell silent: not tried again.
+            detail = getattr(exc, "detail", None)
+            failed.append(Attempt(attempt, _ms_since(began), exc.message, detail=detail))
+            raise
         except (_CallTimedOut, openai.APITimeoutError):
             if call_timeout >= remaining:
                 raise ExecutionTimeout(

@@ -38,15 +38,22 @@ def fallback_note(agent: AgentConfig, model: Route) -> Step | None:
 
 
 def completer(
-    agent: AgentConfig, model: Route, check_cancelled: Callable[[], None] = lambda: None
+    agent: AgentConfig,
+    model: Route,
+    check_cancelled: Callable[[], None] = lambda: None,
+    on_delta: Callable[[str], None] | None = None,
 ) -> Complete:
-    """Return the loop's `complete` for the agent on `model`, within the model's limits."""
+    """Return the loop's `complete` for the agent on `model`, within the model's limits.
+
+    With `on_delta`, calls stream their answer to it as it comes (llm.completer).
+    """
     complete = llm.completer(
         model=model.model,
         temperature=agent.temperature,
         check_cancelled=check_cancelled,
         base_url=model.base_url,
         api_key=model.api_key,
+        on_delta=on_delta,
     )
     if not limits.limited(model):
         return complete

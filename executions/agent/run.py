@@ -9,12 +9,13 @@ import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+import redis
 from django import db
 from django.conf import settings
 from django.utils import timezone
 from rq.timeouts import JobTimeoutException
 
-from executions import gates, lifecycle
+from executions import events, gates, lifecycle
 from executions.agent import peers, routing, tools
 from executions.agent.loop import AgentLoop, Replayed, Step, replay
 from executions.exceptions import (
@@ -98,7 +99,14 @@ def run(execution: Execution, tier: Tier) -> Outcome:
                 save_step(execution, note)
         check_cancelled = lifecycle.run_checker(execution)
         loop = AgentLoop(
-            complete=_without_connection(routing.completer(agent, model, check_cancelled)),
+            complete=_without_connection(
+                routing.completer(
+                    agent,
+                    model,
+                    check_cancelled,
+                    on_delta=_publisher(execution) if data.stream else None,
+                )
+            ),
             tools=toolset,
             max_iterations=min(limits["max_iterations"], data.max_iterations or math.inf),
             deadline=deadline,
@@ -189,10 +197,26 @@ def _without_connection(call: Callable[P, R]) -> Callable[P, R]:
     return wrapped
 
 
+def _publisher(execution: Execution) -> Callable[[str], None]:
+    """Return what publishes a streamed answer's text as the run's `delta` events, at once."""
+    run_events = events.of(execution)
+
+    def publish(text: str) -> None:
+        run_events.add(events.DELTA, text=text)
+        try:
+            run_events.flush()
+        except redis.RedisError as exc:
+            # Kept, and sent with the run's next round trip: the answer goes on.
+            log.warning("delta events of %s not sent yet: %s", execution.id, exc)
+
+    return publish
+
+
 def save_step(execution: Execution, step: Step, model: Route | None = None) -> None:
     """Store one step of the loop as an ExecutionStep: the run's journal (§9).
 
     An LLM call made on `model` carries the model's name and the call's cost.
+    Its `step` event goes out with the run's next round trip to Redis.
     """
     if step.kind == "llm" and model is not None:
         priced = {
@@ -201,7 +225,7 @@ def save_step(execution: Execution, step: Step, model: Route | None = None) -> N
         }
     else:
         priced = {}
-    execution.add_step(
+    recorded = execution.add_step(
         step.kind,
         step.name,
         input=step.input,
@@ -213,6 +237,7 @@ def save_step(execution: Execution, step: Step, model: Route | None = None) -> N
         replay=step.replay,
         **priced,
     )
+    events.of(execution).add(events.STEP, step=events.step_fields(recorded))
     release_connection()
 
 

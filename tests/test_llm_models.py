@@ -246,7 +246,7 @@ def test_a_requests_per_minute_limit_that_cannot_be_met_in_time_fails_rate_limit
     assert callbacks()[1]["data"]["error"]["code"] == "RATE_LIMITED"
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_two_workers_sharing_a_tokens_per_minute_limit_stay_within_it(
     peers, llm, monkeypatch, settings
 ):

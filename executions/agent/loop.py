@@ -8,15 +8,20 @@ Redis or HTTP. The caller turns the raised RunErrors into final statuses.
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from executions.agent import context
 from executions.exceptions import Cancelled, ExecutionTimeout, MaxIterations, RunError
 from executions.outcome import LoopResult
 
 SUMMARY_CHARS = 200
+# Seconds between two checks for cancellation while parallel tool calls run.
+TOOLS_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -112,7 +117,31 @@ def replay(messages: list[dict[str, Any]], journal: list[Replayed]) -> LoopState
             result.sources.extend(entry.replay.get("sources", []))
             done = message.get("tool_call_id")
             state.pending = [call for call in state.pending if call.id != done]
+    state.messages = in_call_order(state.messages)
     return state
+
+
+def in_call_order(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return `messages` with each round's tool results in the order the model asked for them.
+
+    Parallel calls are journaled as they complete; the model gets their
+    results in its own order.
+    """
+    ordered: list[dict[str, Any]] = []
+    order: dict[str, int] = {}
+    results: list[dict[str, Any]] = []
+    for message in [*messages, {"role": "end"}]:
+        if message.get("role") == "tool":
+            results.append(message)
+            continue
+        ordered.extend(sorted(results, key=lambda m: order.get(m.get("tool_call_id"), len(order))))
+        results = []
+        if message.get("role") == "end":
+            break
+        ordered.append(message)
+        calls = message.get("tool_calls") or []
+        order = {call["id"]: index for index, call in enumerate(calls)}
+    return ordered
 
 
 # (messages, tool schemas, timeout seconds, max completion tokens) -> Completion
@@ -131,6 +160,11 @@ class AgentLoop:
     # Raises Cancelled when the run was cancelled; checked before every step.
     check_cancelled: Callable[[], None] = lambda: None
     clock: Callable[[], float] = time.monotonic
+    # Tokens one request may hold (None: no limit), and the (start, end) of
+    # the session's history in the messages run() is given: what may be
+    # dropped first to fit (executions/agent/context.py).
+    context_window: int | None = None
+    history: tuple[int, int] = (0, 0)
 
     def run(self, messages: list[dict[str, Any]], journal: list[Replayed] = ()) -> LoopResult:
         """Return the model's final answer; raise MaxIterations or ExecutionTimeout.
@@ -146,8 +180,9 @@ class AgentLoop:
             return result
         schemas = [tool.schema() for tool in self.tools.values()]
         try:
-            for call in state.pending:
-                messages.append(self._call_tool(call, result))
+            if state.pending:
+                messages.extend(self._call_tools(state.pending, result))
+                messages = in_call_order(messages)
             while True:
                 if result.iterations >= self.max_iterations:
                     raise MaxIterations(f"no final answer after {self.max_iterations} LLM calls")
@@ -157,8 +192,7 @@ class AgentLoop:
                 if not completion.tool_calls:
                     return result
                 messages.append(assistant_message(completion))
-                for call in completion.tool_calls:
-                    messages.append(self._call_tool(call, result))
+                messages.extend(self._call_tools(completion.tool_calls, result))
         except RunError as error:
             error.partial = result
             raise
@@ -183,8 +217,10 @@ class AgentLoop:
     def _call_model(
         self, messages: list[dict[str, Any]], schemas: list[dict[str, Any]], result: LoopResult
     ) -> Completion:
+        max_tokens = self._call_tokens(result)
+        messages = self._fit(messages, schemas, max_tokens)
         began = self.clock()
-        completion = self.complete(messages, schemas, self._remaining(), self._call_tokens(result))
+        completion = self.complete(messages, schemas, self._remaining(), max_tokens)
         result.iterations += 1
         result.prompt_tokens += completion.prompt_tokens
         result.completion_tokens += completion.completion_tokens
@@ -209,6 +245,67 @@ class AgentLoop:
             )
         )
         return completion
+
+    def _fit(
+        self, messages: list[dict[str, Any]], schemas: list[dict[str, Any]], max_tokens: int | None
+    ) -> list[dict[str, Any]]:
+        """Return the messages of the next request, within the context window, noting any cut."""
+        if self.context_window is None:
+            return messages
+        fitted, trimmed = context.fit(
+            messages,
+            schemas,
+            context_window=self.context_window,
+            reserve=max_tokens or 0,
+            history=self.history,
+        )
+        if trimmed is not None:
+            self.save_step(Step(kind="note", name="context_trimmed", output=trimmed.summary()))
+        return fitted
+
+    def _call_tools(self, calls: list[ToolCall], result: LoopResult) -> list[dict[str, Any]]:
+        """Run the tool calls of one model answer at once; return their results in its order.
+
+        Each call runs `_call_tool` in a thread of its own with a private
+        result and step list; this thread records the steps as calls
+        complete (the journal: a completed call is not made again on
+        resume) and waits no longer than the run's deadline.
+        """
+        if len(calls) <= 1:
+            return [self._call_tool(call, result) for call in calls]
+        self._remaining()
+        done: queue.Queue[tuple[int, dict[str, Any] | None, LoopResult, list[Step], Any]]
+        done = queue.Queue()
+
+        def run_one(index: int, call: ToolCall) -> None:
+            own, steps = LoopResult(), []
+            try:
+                message = replace(self, save_step=steps.append)._call_tool(call, own)
+                done.put((index, message, own, steps, None))
+            except BaseException as exc:  # handed to the loop's thread, raised there
+                done.put((index, None, own, steps, exc))
+
+        for index, call in enumerate(calls):
+            name = f"tool-{call.name}"[:60]
+            threading.Thread(target=run_one, args=(index, call), name=name, daemon=True).start()
+        messages: list[dict[str, Any] | None] = [None] * len(calls)
+        for _ in calls:
+            index, message, own, steps, error = self._next_done(done)
+            for step in steps:
+                self.save_step(step)
+            result.tool_calls.extend(own.tool_calls)
+            result.sources.extend(own.sources)
+            if error is not None:
+                raise error
+            messages[index] = message
+        return [m for m in messages if m is not None]
+
+    def _next_done(self, done: queue.Queue) -> Any:
+        while True:
+            try:
+                return done.get(timeout=min(TOOLS_POLL_SECONDS, self._remaining()))
+            except queue.Empty:
+                continue
 
     def _call_tool(self, call: ToolCall, result: LoopResult) -> dict[str, Any]:
         self._remaining()

@@ -82,9 +82,7 @@ def tool_message(llm, request: int = 1) -> dict:
 
 def everything_recorded(execution: Execution) -> str:
     """The steps and the callback, as text: where a secret must never show."""
-    steps = [
-        [s.kind, s.name, s.input, s.output, s.error, s.replay] for s in execution.steps.all()
-    ]
+    steps = [[s.kind, s.name, s.input, s.output, s.error, s.replay] for s in execution.steps.all()]
     return json.dumps([steps, callbacks()])
 
 

@@ -8,6 +8,7 @@ free ports of 127.0.0.1, which the tests allow with AES_TOOL_ALLOWED_HOSTS.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -89,7 +90,10 @@ def everything_recorded(execution: Execution) -> str:
 # --- HTTP tools ------------------------------------------------------------------
 
 
-def test_an_http_tool_posts_its_arguments_and_the_model_sees_the_answer(peers, llm, tool_server):
+def test_an_http_tool_posts_its_arguments_and_the_model_sees_the_answer(
+    peers, llm, tool_server, caplog
+):
+    caplog.set_level(logging.INFO)
     declare(peers, http_tools=[http_tool(f"{tool_server.url}/orders/lookup")])
     llm.push_tool_call("order_status", {"query": "where is A-1001?"})
     llm.push_answer("It has shipped.")
@@ -108,6 +112,8 @@ def test_an_http_tool_posts_its_arguments_and_the_model_sees_the_answer(peers, l
     assert callbacks()[0]["data"]["tool_calls"][0]["name"] == "order_status"
     assert SECRET not in everything_recorded(execution)
     assert "s3cr3t" not in json.dumps(llm.requests)
+    assert "s3cr3t" not in caplog.text
+    assert "{'Authorization': '***'} answered HTTP 200" in caplog.text
 
 
 def test_a_non_2xx_answer_is_a_tool_error_the_model_sees(peers, llm, tool_server):

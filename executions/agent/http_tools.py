@@ -8,16 +8,20 @@ model sees as the tool's result; the run goes on.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 
-from aes_project.outbound import HostPolicy, RefusedURL
+from aes_project.outbound import HostPolicy, RefusedURL, mask_headers
 from executions.agent import tool_results
 from executions.agent.loop import ToolResult
 from executions.exceptions import UpstreamError, UpstreamTimeout
 from protocol.messages import HttpToolSpec
+
+log = logging.getLogger(__name__)
 
 # Redirects followed (each one checked by the host policy) before giving up.
 MAX_REDIRECTS = 5
@@ -64,6 +68,13 @@ class HttpTool:
             if refused is not None:
                 raise UpstreamError(f"{self.name}: refused: {refused}") from None
             raise UpstreamError(f"{self.name}: {type(exc).__name__}: {exc}") from None
+        log.info(
+            "tool %s: POST %s with headers %s answered HTTP %s",
+            self.name,
+            _where(self.spec.url),
+            mask_headers(self.spec.headers),
+            response.status_code,
+        )
         if not response.is_success:
             detail = body[:ERROR_BODY_CHARS].decode("utf-8", errors="replace")
             raise UpstreamError(f"{self.name}: HTTP {response.status_code}: {detail}")
@@ -80,6 +91,12 @@ def _read(response: httpx2.Response, limit: int, ends: float) -> bytes:
         if time.monotonic() > ends:
             raise httpx2.ReadTimeout("the body did not arrive in time")
     return bytes(body[:limit])
+
+
+def _where(url: str) -> str:
+    """Return `url` without its query and credentials, which may hold secrets, for the logs."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
 def _refusal(exc: BaseException) -> RefusedURL | None:

@@ -50,7 +50,8 @@ class HttpTool:
         if timeout <= 0:
             raise UpstreamTimeout(f"{self.name}: no time left before the run's deadline")
         ends = time.monotonic() + timeout
-        headers = {**self.spec.headers, "Accept": "application/json, text/plain;q=0.9, */*;q=0.5"}
+        # The declared headers win, Accept included.
+        headers = {"Accept": "application/json, text/plain;q=0.9, */*;q=0.5", **self.spec.headers}
         try:
             with (
                 self.policy.client(

@@ -8,6 +8,7 @@ model sees as the tool's result; the run goes on.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -53,12 +54,9 @@ class HttpTool:
         # The declared headers win, Accept included.
         headers = {"Accept": "application/json, text/plain;q=0.9, */*;q=0.5", **self.spec.headers}
         try:
-            with (
-                self.policy.client(
-                    timeout=timeout, follow_redirects=True, max_redirects=MAX_REDIRECTS
-                ) as client,
-                client.stream("POST", self.spec.url, json=arguments, headers=headers) as response,
-            ):
+            with _client(self.policy, urlsplit(self.spec.url).hostname).stream(
+                "POST", self.spec.url, json=arguments, headers=headers, timeout=timeout
+            ) as response:
                 body = _read(response, tool_results.max_bytes() + 1, ends)
         except RefusedURL as exc:
             raise UpstreamError(f"{self.name}: refused: {exc}") from None
@@ -80,6 +78,17 @@ class HttpTool:
             detail = body[:ERROR_BODY_CHARS].decode("utf-8", errors="replace")
             raise UpstreamError(f"{self.name}: HTTP {response.status_code}: {detail}")
         return ToolResult(content=tool_results.text(body))
+
+
+@functools.lru_cache(maxsize=256)
+def _client(policy: HostPolicy, host: str | None) -> httpx2.Client:
+    """Return the process's client for calls to `host`: connections and TLS setup are reused.
+
+    One per host name: the policy pins each request to an address, and a
+    pool shared by names would hand one name's TLS connection to another
+    name at the same address.
+    """
+    return policy.client(follow_redirects=True, max_redirects=MAX_REDIRECTS)
 
 
 def _read(response: httpx2.Response, limit: int, ends: float) -> bytes:

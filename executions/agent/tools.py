@@ -172,7 +172,9 @@ def build(context: ToolContext, max_tools: int | None) -> tuple[dict[str, Any], 
         if full():
             # Not listed at all: nothing of it could be offered.
             why = f"MCP server {server.name!r} left out: the tier allows {max_tools} tools"
-            notes.append(_skipped(server.name, why))
+            notes.append(
+                Step(kind="note", name="tool_skipped", input={"server": server.name}, error=why)
+            )
             continue
         try:
             listed = mcp_tools.list_tools(

@@ -217,6 +217,24 @@ def test_an_mcp_tool_error_is_a_tool_error_the_model_sees(peers, llm, mcp_server
     assert error.startswith("UPSTREAM_ERROR") and "no order matches" in error
 
 
+def test_a_slow_mcp_tool_is_a_timeout_error_and_the_run_goes_on(peers, llm, settings):
+    settings.AES_TOOL_TIMEOUT_SECONDS = 0.5
+    server = McpStandin("crm")  # its own: the abandoned call ends in no other test
+    server.start()
+    declare(peers, mcp_servers=mcp_declaration(server.url))
+    llm.push_tool_call("crm__wait", {"seconds": 3})
+    llm.push_answer("The CRM is slow today.")
+    try:
+        execution = run_one(agent_run(agent_id="tool-bot"))
+    finally:
+        server.stop()
+
+    assert execution.status == "completed"
+    assert execution.response == "The CRM is slow today."
+    assert execution.steps.get(kind="tool").error.startswith("UPSTREAM_TIMEOUT")
+    assert "UPSTREAM_TIMEOUT" in tool_message(llm)["content"]
+
+
 def free_port_url() -> str:
     """A URL on 127.0.0.1 where nothing listens."""
     with socket.socket() as sock:

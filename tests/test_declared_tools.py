@@ -17,6 +17,7 @@ import pytest
 
 from executions.models import Execution
 from protocol import keys
+from standins.peers import load_fixture
 from standins.tool_servers import HttpToolServer, McpStandin
 from tests.helpers import agent_run, callbacks, run_one
 
@@ -385,3 +386,24 @@ def test_a_long_history_is_trimmed_to_fit_the_context_window(peers, llm):
     note = execution.steps.get(name="context_trimmed")
     assert note.output["context_window"] == 2000
     assert note.output["history_dropped"] == 40 - (len(sent) - 2)
+
+
+# --- The dev fixture's agents, as scripts/serve runs them ------------------------------
+
+
+def test_the_dev_fixtures_tool_agents_reach_the_stand_ins(
+    peers, llm, tool_server, mcp_server, monkeypatch
+):
+    monkeypatch.setenv("AES_STANDIN_TOOLS_URL", tool_server.url)
+    monkeypatch.setenv("AES_STANDIN_MCP_URL", mcp_server.url)
+    peers.fixture["agents"]["*"].update(load_fixture()["agents"]["*"])
+    # No script: the stand-in LLM calls the one tool it is offered.
+    orders = run_one(agent_run(agent_id="orders-bot", message="Where is order A-1001?"))
+    crm = run_one(agent_run(agent_id="crm-bot", message="And order A-1003?"))
+
+    assert [orders.status, crm.status] == ["completed", "completed"]
+    assert [c.body for c in tool_server.calls] == [{"query": "Where is order A-1001?"}]
+    assert tool_server.calls[0].headers["Authorization"] == "Bearer demo-orders-token"
+    assert [c.body for c in mcp_server.calls] == [{"order_id": "And order A-1003?"}]
+    assert '"status": "shipped"' in orders.response
+    assert '"status": "delivered"' in crm.response

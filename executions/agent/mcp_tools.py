@@ -118,7 +118,8 @@ class Connections:
                 await self._closing.wait()
         except BaseException as exc:
             if not session.done():
-                session.set_exception(exc if isinstance(exc, Exception) else UpstreamError("gone"))
+                closed = UpstreamError("the session was closed before it opened")
+                session.set_exception(exc if isinstance(exc, Exception) else closed)
             if not isinstance(exc, Exception):
                 raise  # cancelled: the run ended, or gave up waiting for it
 

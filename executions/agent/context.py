@@ -3,10 +3,12 @@
 Plain Python, no Django: `fit` takes the run's messages and returns the ones
 to send, the loop's own list left as it is. Tokens are estimated, not
 counted (no tokenizer: each model family has its own, and the well-kept
-ones fetch their vocabularies from the network at run time): a character
-counts a third of a token, which overestimates English and JSON (about four
-characters a token with OpenAI's and Llama's tokenizers) and so errs on the
-side of a request that fits; each message adds a few tokens of framing.
+ones fetch their vocabularies from the network at run time): a character of
+a message's JSON counts a third of a token, which overestimates English and
+JSON (about four characters a token with OpenAI's and Llama's tokenizers)
+and so errs on the side of a request that fits; each message (and tool
+schema) adds a few tokens for the chat template's markers. The loop's token
+budget counts with the same `estimate`.
 
 What goes, in this order, until the estimate fits:
 
@@ -25,12 +27,11 @@ model's error ends the run as before.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
 CHARS_PER_TOKEN = 3
-TOKENS_PER_MESSAGE = 4
+TOKENS_PER_MESSAGE = 8
 # A cut tool result keeps at least this many characters.
 MIN_TOOL_RESULT_CHARS = 1000
 CUT_MARK = "\n[cut to fit the context window: {kept} of {total} characters kept]"
@@ -38,16 +39,10 @@ CUT_MARK = "\n[cut to fit the context window: {kept} of {total} characters kept]
 
 def estimate(messages: list[dict[str, Any]], tools: list[dict[str, Any]] = ()) -> int:
     """Return the estimated prompt tokens of a request with `messages` and `tools`."""
-    chars = sum(_message_chars(m) for m in messages) + sum(len(json.dumps(t)) for t in tools)
-    return math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(messages)
-
-
-def _message_chars(message: dict[str, Any]) -> int:
-    content = message.get("content")
-    chars = len(content) if isinstance(content, str) else len(json.dumps(content or ""))
-    for call in message.get("tool_calls") or []:
-        chars += len(json.dumps(call))
-    return chars
+    return sum(
+        len(json.dumps(item)) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE
+        for item in (*messages, *tools)
+    )
 
 
 @dataclass

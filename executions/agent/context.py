@@ -39,10 +39,11 @@ CUT_MARK = "\n[cut to fit the context window: {kept} of {total} characters kept]
 
 def estimate(messages: list[dict[str, Any]], tools: list[dict[str, Any]] = ()) -> int:
     """Return the estimated prompt tokens of a request with `messages` and `tools`."""
-    return sum(
-        len(json.dumps(item)) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE
-        for item in (*messages, *tools)
-    )
+    return sum(_tokens(item) for item in (*messages, *tools))
+
+
+def _tokens(item: dict[str, Any]) -> int:
+    return len(json.dumps(item)) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE
 
 
 @dataclass
@@ -83,22 +84,19 @@ def fit(
     run's rounds.
     """
     budget = context_window - reserve
-    before = estimate(messages, tools)
+    costs = {id(m): _tokens(m) for m in messages}
+    size = before = sum(costs.values()) + estimate([], tools)
     if before <= budget:
         return messages, None
     start, end = history
     head, past, turn = messages[:start], messages[start:end], messages[end:]
     prompt, rounds = _rounds(turn)
     trimmed = Trimmed(context_window, before, before)
-
-    def size() -> int:
-        return estimate([*head, *past, *prompt, *(m for r in rounds for m in r)], tools)
-
-    while past and size() > budget:
-        past.pop(0)
+    while past and size > budget:
+        size -= costs[id(past.pop(0))]
         trimmed.history_dropped += 1
-    while len(rounds) > 1 and size() > budget:
-        rounds.pop(0)
+    while len(rounds) > 1 and size > budget:
+        size -= sum(costs[id(m)] for m in rounds.pop(0))
         trimmed.rounds_dropped += 1
     fitted = [*head, *past, *prompt, *(m for r in rounds for m in r)]
     trimmed.tool_results_cut = _cut_tool_results(fitted, tools, budget)

@@ -114,6 +114,8 @@ class AgentRunData(_Incoming):
     conversation_id: str | None = Field(default=None, max_length=255)
     max_iterations: int | None = Field(default=None, ge=1)
     timeout: int | None = Field(default=None, ge=1)
+    # Also publish the answer as it is written, as `delta` events (§8).
+    stream: bool = False
 
 
 class RunRequest(AgentRunData):

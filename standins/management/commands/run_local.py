@@ -1,6 +1,6 @@
 """`manage.py run_local`: the whole service on one machine, for trying it out.
 
-Starts the web server (admin and API), `run_execution_worker` with its RQ
+Starts the web server (admin and API, under uvicorn), `run_execution_worker` with its RQ
 workers, the stand-in peers, the stand-in tool servers (an HTTP tool and an
 MCP server, which the fixture's orders-bot and crm-bot use, and which the
 workers are allowed to call), and, when OPENAI_API_KEY is unset, the
@@ -54,8 +54,24 @@ class Command(BaseCommand):
         allowed = [settings.AES_TOOL_ALLOWED_HOSTS, *(f"127.0.0.1:{port}" for port in ports)]
         env["AES_TOOL_ALLOWED_HOSTS"] = ",".join(allowed)
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
+        host, _, port = addr.rpartition(":")
+        if not host or not port.isdigit():
+            raise CommandError(f"--addr must read HOST:PORT, got {addr!r}")
         commands = {
-            "web server": [*manage, "runserver", addr, "--noreload"],
+            # ASGI, as in production: a client following a run's events holds no thread.
+            "web server": [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "aes_project.asgi:application",
+                "--host",
+                host,
+                "--port",
+                port,
+                "--no-access-log",
+                "--app-dir",
+                str(settings.BASE_DIR),
+            ],
             "execution worker": [*manage, "run_execution_worker", "--rq-workers", str(rq_workers)],
             "dev peers": [*manage, "run_dev_peers"],
         }

@@ -7,6 +7,7 @@ from django.utils.http import urlencode
 from executions import metrics, outbox
 from executions.models import STEP_FIELDS, Execution, ExecutionStep
 from tiers import lookup
+from webhooks.models import Webhook
 
 
 class ExecutionStepInline(admin.TabularInline):
@@ -14,6 +15,18 @@ class ExecutionStepInline(admin.TabularInline):
     extra = 0
     can_delete = False
     fields = STEP_FIELDS
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class WebhookInline(admin.TabularInline):
+    model = Webhook
+    extra = 0
+    can_delete = False
+    show_change_link = True  # to its attempts, and to send it again
+    fields = ("event_id", "url", "status", "next_attempt_at", "delivered_at")
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None) -> bool:
@@ -42,7 +55,7 @@ class ExecutionAdmin(admin.ModelAdmin):
     actions = ["resend_callback"]
     search_fields = ("task_id", "session_id", "action_id")
     date_hierarchy = "queued_at"
-    inlines = [ExecutionStepInline]
+    inlines = [ExecutionStepInline, WebhookInline]
     readonly_fields = ("session_history",)
 
     @admin.display(description="Session")

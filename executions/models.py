@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from executions.outcome import Outcome
 from protocol.messages import FINAL_STATUSES, ErrorInfo, ExecutionCallback, ExecutionCallbackData
+from webhooks.models import Webhook
 
 
 class Status(models.TextChoices):
@@ -176,7 +177,8 @@ class Execution(models.Model):
 
         The callback is built from the row as this UPDATE leaves it and
         stored with the status, so whoever wins the transition owns the one
-        callback there will ever be (executions/outbox.py pushes it).
+        callback there will ever be (executions/outbox.py pushes it), and
+        the one webhook when the run asked for one (webhooks/sender.py sends it).
         """
         assert outcome.status in FINAL_STATUSES, outcome.status
         result, now = outcome.result, timezone.now()
@@ -210,7 +212,19 @@ class Execution(models.Model):
             else None,
         )
         callback = ExecutionCallback.answering(self.request, self.tier, data).dump()
-        return self._claim([Status.QUEUED, Status.RUNNING], fence=True, **ended, callback=callback)
+        webhook_url = (self.request.get("data") or {}).get("webhook_url")
+        if not webhook_url:
+            return self._claim(
+                [Status.QUEUED, Status.RUNNING], fence=True, **ended, callback=callback
+            )
+        # The webhook is the callback's second outbox entry: both or neither.
+        with transaction.atomic():
+            won = self._claim(
+                [Status.QUEUED, Status.RUNNING], fence=True, **ended, callback=callback
+            )
+            if won:
+                Webhook.record(self, webhook_url, callback)
+        return won
 
     def resume(self) -> bool:
         """Hand the running run to a new attempt (its worker was lost); False if it moved on."""

@@ -421,3 +421,29 @@ def test_the_service_sends_and_retries_the_webhooks_recorded_while_it_was_down(
     assert second["headers"]["webhook-id"] == first["headers"]["webhook-id"]
     receiver.verified(second, webhook_secret("tenant-a"))
     assert "Traceback" not in output
+
+
+def test_the_admin_finds_webhooks_by_execution_id_url_or_webhook_id(
+    client, peers, llm, receiver, admin_client
+):
+    started = start_run(client, issue("tenant-a"), receiver.url)
+    webhook = Webhook.objects.get(execution_id=started["id"])
+    for term in (started["id"][:8], webhook.event_id, "127.0.0.1", "not-a-uuid"):
+        response = admin_client.get("/admin/webhooks/webhook/", {"q": term})
+        assert response.status_code == 200
+        found = webhook.event_id in response.content.decode()
+        assert found == (term != "not-a-uuid"), term
+
+
+def test_staff_rotate_a_tenants_secret_from_the_admin(admin_client):
+    old = webhook_secret("tenant-a")
+    row = SigningSecret.objects.get(secret=old)
+    response = admin_client.post(
+        "/admin/webhooks/signingsecret/",
+        {"action": "rotate", "_selected_action": [row.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    new = webhook_secret("tenant-a")
+    assert new != old
+    assert SigningSecret.signing("tenant-a") == [new, old]  # the old one signs for a day

@@ -196,6 +196,9 @@ AES_DEFAULT_MODEL = env_str("AES_DEFAULT_MODEL", "gpt-4o-mini")
 
 # Seconds a pseudo-synchronous request to AMS or CS waits for its reply.
 AES_PEER_TIMEOUT_SECONDS = env_float("AES_PEER_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+# Seconds one try of an LLM call may take (never past the run's deadline): a
+# hung model server costs a run this, not its whole deadline.
+AES_LLM_CALL_TIMEOUT_SECONDS = env_float("AES_LLM_CALL_TIMEOUT_SECONDS", 60.0, minimum=0.1)
 # Seconds a tool waits for its ES/QS callback (never past the run's deadline).
 AES_TOOL_TIMEOUT_SECONDS = env_float("AES_TOOL_TIMEOUT_SECONDS", 30.0, minimum=0.1)
 # Hosts that tools and webhooks may call (aes_project/outbound.py): `*` is any

@@ -40,6 +40,7 @@ class ExecutionAdmin(admin.ModelAdmin):
     list_display = (
         "id",
         "status",
+        "stop_reason",
         "tier",
         "tenant_id",
         "agent_id",
@@ -51,7 +52,13 @@ class ExecutionAdmin(admin.ModelAdmin):
         "duration_ms",
         "queued_at",
     )
-    list_filter = ("status", "tier", ("callback_sent_at", admin.EmptyFieldListFilter), "tenant_id")
+    list_filter = (
+        "status",
+        "stop_reason",
+        "tier",
+        ("callback_sent_at", admin.EmptyFieldListFilter),
+        "tenant_id",
+    )
     actions = ["resend_callback"]
     search_fields = ("task_id", "session_id", "action_id")
     date_hierarchy = "queued_at"

@@ -11,7 +11,13 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from executions.outcome import Outcome
-from protocol.messages import FINAL_STATUSES, ErrorInfo, ExecutionCallback, ExecutionCallbackData
+from protocol.messages import (
+    FINAL_STATUSES,
+    STOP_REASONS,
+    ErrorInfo,
+    ExecutionCallback,
+    ExecutionCallbackData,
+)
 from webhooks.models import Webhook
 
 
@@ -57,6 +63,13 @@ class Execution(models.Model):
     response = models.TextField(null=True, blank=True)
     error_code = models.CharField(max_length=64, null=True, blank=True)
     error_message = models.TextField(null=True, blank=True)
+    stop_reason = models.CharField(
+        max_length=16,
+        choices=[(reason, reason) for reason in STOP_REASONS],
+        null=True,
+        blank=True,
+        help_text="Why the run stopped (protocol §4), once final.",
+    )
 
     iterations = models.PositiveIntegerField(default=0)
     resumes = models.PositiveIntegerField(
@@ -188,6 +201,7 @@ class Execution(models.Model):
             "response": result.response,
             "error_code": outcome.error_code,
             "error_message": outcome.error_message,
+            "stop_reason": outcome.stop_reason,
             "iterations": result.iterations,
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
@@ -205,6 +219,7 @@ class Execution(models.Model):
             sources=result.sources,
             iterations=ended["iterations"],
             usage=result.usage,
+            stop_reason=ended["stop_reason"],
             execution_time_ms=ended["duration_ms"],
             resumes=self.resumes,
             error=ErrorInfo(code=outcome.error_code, message=outcome.error_message or "")

@@ -100,6 +100,7 @@ def reject(queue: str, request: dict[str, Any], code: str, message: str) -> None
             execution_id=None,
             status="rejected",
             agent_id=_text_or_none(agent_id),
+            stop_reason="error",
             error=ErrorInfo(code=code, message=message),
         ),
     )

@@ -22,6 +22,16 @@ class LoopResult:
     completion_tokens: int = 0
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     sources: list[dict[str, Any]] = field(default_factory=list)
+    # Why a completed run stopped: "stop", "length", "token_budget" or "content_filter".
+    stop_reason: str = "stop"
+
+    def add_sources(self, sources: list[dict[str, Any]]) -> None:
+        """Keep the sources of a tool result, each document once (its first passage)."""
+        seen = {source.get("document_id") for source in self.sources}
+        for source in sources:
+            if source.get("document_id") not in seen:
+                seen.add(source.get("document_id"))
+                self.sources.append(source)
 
     @property
     def usage(self) -> dict[str, int]:
@@ -40,10 +50,11 @@ class Outcome:
     result: LoopResult = field(default_factory=LoopResult)
     error_code: str | None = None
     error_message: str | None = None
+    stop_reason: str = "error"
 
     @classmethod
     def completed(cls, result: LoopResult) -> Outcome:
-        return cls(status="completed", result=result)
+        return cls(status="completed", result=result, stop_reason=result.stop_reason)
 
     @classmethod
     def from_error(cls, error: RunError, partial: LoopResult | None = None) -> Outcome:
@@ -53,6 +64,7 @@ class Outcome:
             result=partial or LoopResult(),
             error_code=error.code,
             error_message=error.message,
+            stop_reason=error.stop_reason,
         )
 
     @classmethod

@@ -27,6 +27,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "status",
             "message",
             "response",
+            "stop_reason",
             "error",
             "iterations",
             "resumes",

@@ -54,7 +54,7 @@ class ExecutionFilter(filters.FilterSet):
 
     class Meta:
         model = Execution
-        fields = ["tenant_id", "session_id", "agent_id", "status", "tier", "task_id"]
+        fields = ["tenant_id", "session_id", "agent_id", "status", "stop_reason", "tier", "task_id"]
 
 
 def scoped(request):

@@ -40,6 +40,22 @@ QUERY = "query"
 FinalStatus = Literal["completed", "failed", "timeout", "cancelled", "rejected"]
 FINAL_STATUSES: frozenset[str] = frozenset(get_args(FinalStatus))
 
+# Why a run stopped, on its callback and its row (§4): `stop` (the model
+# answered), `length` (the answer was cut at max_tokens), a limit
+# (`max_iterations`, `token_budget`, `timeout`), `cancelled`,
+# `content_filter`, or `error` (any other failure, a refused run included).
+StopReason = Literal[
+    "stop",
+    "length",
+    "max_iterations",
+    "token_budget",
+    "timeout",
+    "cancelled",
+    "content_filter",
+    "error",
+]
+STOP_REASONS: tuple[str, ...] = get_args(StopReason)
+
 
 def new_id() -> str:
     return str(uuid.uuid4())
@@ -226,7 +242,8 @@ class Usage(BaseModel):
 
 class ToolCallSummary(BaseModel):
     name: str
-    arguments: dict[str, Any]
+    # The parsed JSON object, or the model's own text when it was not one.
+    arguments: dict[str, Any] | str
     result_summary: str
     duration_ms: int
 
@@ -252,6 +269,7 @@ class ExecutionCallbackData(BaseModel):
     sources: list[Source] = Field(default_factory=list)
     iterations: int = 0
     usage: Usage = Field(default_factory=Usage)
+    stop_reason: StopReason | None = None
     execution_time_ms: int = 0
     resumes: int = 0
     error: ErrorInfo | None = None

@@ -1,13 +1,30 @@
 """LLMStandin: a scriptable OpenAI-compatible Chat Completions server for tests and local runs.
 
 Plain Python (no Django). Only non-streaming `POST /v1/chat/completions` and
-`GET /v1/models` are served.
+`GET /v1/models` are served. `max_tokens` is honoured: a longer answer is
+cut, with `finish_reason: "length"`.
+
+In strict mode (`LLMStandin(strict=True)`, the test suite's default) it
+refuses what the strictest OpenAI-compatible servers refuse, as they do:
+
+- an assistant message with `"content": null` → HTTP 500 with a long error
+  text, as llama-cpp-python answers (its chat templates cannot render null);
+- `tools` without `tool_choice` → the tools are dropped and the model
+  answers in plain text, as llama-cpp-python's `chatml-function-calling`
+  format does;
+- `tool_choice` without `tools` → HTTP 400 (OpenAI);
+- an assistant message with an empty `tool_calls` list → HTTP 400 (OpenAI);
+- a `tool` message that answers no tool call of the assistant message
+  before it → HTTP 400 (OpenAI);
+- an optional parameter sent as null, or `max_tokens` below 1 → HTTP 400,
+  as a strictly typed server validates them.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import socket
 import threading
 import time
 import uuid
@@ -16,6 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 MODEL_ID = "stand-in"
+# The status `answer` gives for a request whose connection is to be dropped unanswered.
+DROP = -1
 
 
 def _content_text(content: Any) -> str:
@@ -52,12 +71,20 @@ class LLMStandin:
 
     Every request body is appended to `self.requests`. Script items (popped one per request):
     `{"content": str}`, `{"tool_calls": [{"name", "arguments"}]}`,
-    `{"status": int, "body": dict, "headers": dict}`, each optionally with `"sleep": seconds`.
+    `{"status": int, "body": dict, "headers": dict}`, each optionally with `"sleep": seconds`;
+    an answer may name its `"finish_reason"`.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, latency_seconds: float = 0.0):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_seconds: float = 0.0,
+        strict: bool = False,
+    ):
         self.host, self.port = host, port
         self.latency_seconds = latency_seconds
+        self.strict = strict
         self.script: deque[dict[str, Any]] = deque()
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -119,6 +146,10 @@ class LLMStandin:
         item = {"status": status, "body": _error_body(message, status), "headers": headers or {}}
         self.script.append(item)
 
+    def push_disconnect(self) -> None:
+        """Next request's connection is closed without an answer, as a crashed server's is."""
+        self.script.append({"drop": True})
+
     def push_hang(self, seconds: float) -> None:
         """Next request sleeps `seconds` and then gets the default answer."""
         self.script.append({"sleep": seconds})
@@ -140,18 +171,30 @@ class LLMStandin:
 
     def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         """Build (status, JSON body, extra headers) for one chat completion request."""
+        if self.strict:
+            refused = strict_refusal(body)
+            if refused is not None:
+                return refused[0], refused[1], {}
+            body = strict_view(body)
         item = self._next_item()
         self._sleep(self.latency_seconds)
         if item is not None and item.get("sleep"):
             self._sleep(float(item["sleep"]))
+        if item is not None and item.get("drop"):
+            return DROP, {}, {}
         if item is not None and "status" in item:
             status = int(item["status"])
             error = item.get("body") or _error_body(f"scripted error {status}", status)
             return status, error, {k: str(v) for k, v in (item.get("headers") or {}).items()}
+        finish = item.get("finish_reason") if item is not None else None
+        if item is not None and "tool_calls" in item and body.get("tools"):
+            return 200, self._completion(body, item.get("content"), item["tool_calls"], finish), {}
         if item is not None and "tool_calls" in item:
-            return 200, self._completion(body, item.get("content"), item["tool_calls"]), {}
+            # Offered no tools (or they were dropped), a model can only write text.
+            text = item.get("content") or "(stand-in) I have no tools to call."
+            return 200, self._completion(body, text, None, finish), {}
         if item is not None and "content" in item:
-            return 200, self._completion(body, item["content"], None), {}
+            return 200, self._completion(body, item["content"], None, finish), {}
         content, tool_calls = self._default(body)
         return 200, self._completion(body, content, tool_calls), {}
 
@@ -173,7 +216,11 @@ class LLMStandin:
         return f"(stand-in) You said: {last_user}", None
 
     def _completion(
-        self, body: dict[str, Any], content: str | None, tool_calls: list[dict] | None
+        self,
+        body: dict[str, Any],
+        content: str | None,
+        tool_calls: list[dict] | None,
+        finish_reason: str | None = None,
     ) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if tool_calls:
@@ -185,17 +232,16 @@ class LLMStandin:
                 }
                 for call in tool_calls
             ]
+        finish_reason = finish_reason or ("tool_calls" if tool_calls else "stop")
+        if _cut_to(message, body.get("max_tokens")):
+            finish_reason = "length"
         prompt_chars = sum(
             len(_content_text(m.get("content")))
             for m in body.get("messages") or []
             if isinstance(m, dict)
         )
         prompt_tokens = max(prompt_chars // 4, 1)
-        # For a tool call the "answer" is its serialized arguments.
-        answer_chars = len(content or "") + sum(
-            len(c["function"]["arguments"]) for c in message.get("tool_calls", [])
-        )
-        completion_tokens = max(answer_chars // 4, 1)
+        completion_tokens = max(_answer_chars(message) // 4, 1)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -205,7 +251,7 @@ class LLMStandin:
                 {
                     "index": 0,
                     "message": message,
-                    "finish_reason": "tool_calls" if tool_calls else "stop",
+                    "finish_reason": finish_reason,
                     "logprobs": None,
                 }
             ],
@@ -216,6 +262,98 @@ class LLMStandin:
             },
             "system_fingerprint": None,
         }
+
+
+def _answer_chars(message: dict[str, Any]) -> int:
+    # For a tool call the "answer" is its serialized arguments.
+    return len(message.get("content") or "") + sum(
+        len(c["function"]["arguments"]) for c in message.get("tool_calls", [])
+    )
+
+
+def _cut_to(message: dict[str, Any], max_tokens: Any) -> bool:
+    """Cut the answer to `max_tokens` (4 characters a token); True if it was cut."""
+    if not isinstance(max_tokens, int) or _answer_chars(message) // 4 <= max_tokens:
+        return False
+    chars = max_tokens * 4
+    if message.get("content"):
+        message["content"] = message["content"][:chars]
+        chars -= len(message["content"])
+    for call in message.get("tool_calls", []):
+        function = call["function"]
+        function["arguments"] = function["arguments"][: max(chars, 0)]
+        chars -= len(function["arguments"])
+    return True
+
+
+# Parameters a request may leave out; a strictly typed server refuses them as null.
+OPTIONAL_PARAMETERS = (
+    "tools",
+    "tool_choice",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "seed",
+    "stream",
+    "parallel_tool_calls",
+)
+
+# What llama-cpp-python answers when a chat template meets `content: null`:
+# the exception's text and the server's own paths, far longer than a line.
+NULL_CONTENT_ERROR = (
+    'can only concatenate str (not "NoneType") to str\n'
+    "Traceback (most recent call last):\n"
+    '  File "/usr/local/lib/python3.11/site-packages/llama_cpp/server/errors.py", '
+    "line 173, in custom_route_handler\n"
+    '  File "/usr/local/lib/python3.11/site-packages/llama_cpp/llama_chat_format.py", '
+    "line 2279, in chatml_function_calling\n" * 12
+)
+
+
+def strict_refusal(body: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+    """Return (status, error body) for a request the strictest servers refuse, else None."""
+    for name in OPTIONAL_PARAMETERS:
+        if name in body and body[name] is None:
+            return 400, _error_body(f"{name}: expected a value, got null", 400)
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        return 400, _error_body("max_tokens must be an integer of at least 1", 400)
+    if "tool_choice" in body and not body.get("tools"):
+        return 400, _error_body("tool_choice is only allowed when tools are specified", 400)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return 400, _error_body("messages: expected a non-empty array", 400)
+    answerable: set[str] = set()
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return 400, _error_body(f"messages.{index}: expected an object", 400)
+        role = message.get("role")
+        if role == "assistant":
+            if "content" in message and message["content"] is None:
+                return 500, _error_body(NULL_CONTENT_ERROR, 500)
+            if "tool_calls" in message and not message["tool_calls"]:
+                return 400, _error_body(f"messages.{index}.tool_calls: [] is too short", 400)
+            answerable = {c.get("id") for c in message.get("tool_calls") or []}
+        elif role == "tool":
+            if message.get("tool_call_id") not in answerable:
+                return 400, _error_body(
+                    f"messages.{index}: a 'tool' message must answer a preceding tool call", 400
+                )
+        else:
+            answerable = set()
+    return None
+
+
+def strict_view(body: dict[str, Any]) -> dict[str, Any]:
+    """Return the request as llama-cpp-python's function calling sees it.
+
+    Without `tool_choice` (or with "none") it renders the prompt without the tools.
+    """
+    if body.get("tools") and body.get("tool_choice") in (None, "none"):
+        return {key: value for key, value in body.items() if key != "tools"}
+    return body
 
 
 class _Server(ThreadingHTTPServer):
@@ -282,6 +420,11 @@ def _make_handler(standin: LLMStandin) -> type[BaseHTTPRequestHandler]:
             if body.get("stream"):
                 self._send(400, _error_body("stream=true is not supported by the stand-in", 400))
                 return
-            self._send(*standin.answer(body))
+            status, answer, headers = standin.answer(body)
+            if status == DROP:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self._send(status, answer, headers)
 
     return Handler

@@ -62,6 +62,8 @@ def llm(llm_server: LLMStandin, settings) -> LLMStandin:
     llm_server.script.clear()
     llm_server.requests.clear()
     llm_server.latency_seconds = 0.0
+    # Strict: the agent loop must send what the strictest real servers accept.
+    llm_server.strict = True
     settings.OPENAI_BASE_URL = llm_server.url
     settings.OPENAI_API_KEY = "test-key"
     return llm_server

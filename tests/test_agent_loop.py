@@ -6,8 +6,21 @@ import json
 
 import pytest
 
-from executions.agent.loop import AgentLoop, Completion, ToolCall, ToolResult
-from executions.exceptions import ExecutionTimeout, MaxIterations, UpstreamError
+from executions.agent.loop import (
+    AgentLoop,
+    Attempt,
+    Completion,
+    Replayed,
+    ToolCall,
+    ToolResult,
+)
+from executions.exceptions import (
+    EmptyResponse,
+    ExecutionTimeout,
+    MaxIterations,
+    TokenBudget,
+    UpstreamError,
+)
 
 pytestmark = pytest.mark.django_free
 
@@ -112,14 +125,16 @@ def test_unknown_tool_is_reported_to_the_model():
     assert steps[1].error == "unknown tool 'delete_everything'"
 
 
-def test_max_iterations_raises_with_the_partial_result():
+def test_max_iterations_raises_with_the_partial_result_and_skips_the_last_tools():
     model = ScriptedModel(tool_call("a"), tool_call("b"), tool_call("c"))
     loop, steps = make_loop(model, tools={"knowledge_search": EchoTool()}, max_iterations=2)
     with pytest.raises(MaxIterations) as raised:
         loop.run([{"role": "user", "content": "x"}])
     assert raised.value.partial.iterations == 2
-    assert len(raised.value.partial.tool_calls) == 2
-    assert len(steps) == 4
+    # The tools asked for on the last allowed call are not run: nothing would read them.
+    assert len(raised.value.partial.tool_calls) == 1
+    assert [s.kind for s in steps] == ["llm", "tool", "llm"]
+    assert raised.value.stop_reason == "max_iterations"
 
 
 def test_deadline_stops_the_loop_before_the_next_call():
@@ -143,18 +158,171 @@ def test_deadline_stops_the_loop_before_the_next_call():
     assert len(model.calls) == 1
 
 
-def test_each_call_gets_what_is_left_of_the_run_token_budget():
-    model = ScriptedModel(tool_call("a"), answer("done", tokens=10))
+class GreedyModel:
+    """Counts its prompt as a server does (a token per 4 characters, a few per message) and
+    writes all the completion tokens it may: the worst case for a token budget."""
+
+    def __init__(self, tool_calls: int) -> None:
+        self.tool_calls = tool_calls
+        self.max_tokens: list[int | None] = []
+
+    def __call__(self, messages, tools, timeout, max_tokens) -> Completion:
+        self.max_tokens.append(max_tokens)
+        prompt = sum(len(m.get("content") or "") // 4 + 4 for m in messages) + 30 * len(tools)
+        if self.tool_calls:
+            self.tool_calls -= 1
+            done = tool_call("more")
+            done.prompt_tokens, done.completion_tokens = prompt, min(10, max_tokens)
+            return done
+        return Completion(
+            content="word " * max_tokens,
+            tool_calls=[],
+            prompt_tokens=prompt,
+            completion_tokens=max_tokens,
+            finish_reason="length",
+        )
+
+
+class BigTool(EchoTool):
+    def call(self, arguments, deadline):
+        return ToolResult(content="passage " * 100)
+
+
+@pytest.mark.parametrize("budget", [120, 251, 400, 700, 1500])
+def test_the_token_budget_counts_prompt_and_completion_and_is_never_passed(budget):
+    model = GreedyModel(tool_calls=3)
     loop, _ = make_loop(
-        model, tools={"knowledge_search": EchoTool()}, max_call_tokens=512, max_run_tokens=30
+        model,
+        tools={"knowledge_search": BigTool()},
+        max_iterations=10,
+        max_call_tokens=512,
+        max_run_tokens=budget,
     )
-    loop.run([{"role": "user", "content": "x"}])
-    assert model.max_tokens == [30, 20]  # the tool call spent 10 of 30
+    try:
+        result = loop.run([{"role": "user", "content": "tell me everything " * 5}])
+        reason = result.stop_reason
+    except TokenBudget as stopped:
+        result, reason = stopped.partial, stopped.stop_reason
+    assert result.usage["total_tokens"] <= budget * 1.05
+    assert reason == "token_budget"
 
 
-def test_a_spent_token_budget_stops_the_run_with_its_partial_result():
-    model = ScriptedModel(tool_call("a"), tool_call("b"), answer("never"))
-    loop, _ = make_loop(model, tools={"knowledge_search": EchoTool()}, max_run_tokens=20)
-    with pytest.raises(MaxIterations, match="token budget of 20"):
+def test_a_call_whose_prompt_leaves_no_room_is_not_made():
+    model = ScriptedModel(answer("never"))
+    loop, steps = make_loop(model, max_run_tokens=20)
+    with pytest.raises(TokenBudget, match="token budget of 20") as raised:
+        loop.run([{"role": "user", "content": "a question much longer than the budget " * 5}])
+    assert model.calls == [] and steps == []
+    assert (raised.value.code, raised.value.stop_reason) == ("MAX_ITERATIONS", "token_budget")
+
+
+def test_an_answer_cut_at_max_tokens_completes_with_stop_reason_length():
+    model = ScriptedModel(
+        Completion(
+            content="Refunds are", tool_calls=[], finish_reason="length", completion_tokens=5
+        )
+    )
+    loop, _ = make_loop(model, max_call_tokens=5)
+    result = loop.run([{"role": "user", "content": "refunds?"}])
+    assert (result.response, result.stop_reason) == ("Refunds are", "length")
+
+
+def test_an_empty_answer_is_asked_for_once_more():
+    model = ScriptedModel(answer(""), answer("Here it is."))
+    loop, steps = make_loop(model)
+    result = loop.run([{"role": "user", "content": "x"}])
+    assert result.response == "Here it is." and result.iterations == 2
+    assert model.calls[1] == model.calls[0]  # the same request again, no empty turn in it
+
+
+def test_two_empty_answers_fail_with_empty_response():
+    model = ScriptedModel(answer("  "), answer(""))
+    loop, _ = make_loop(model)
+    with pytest.raises(EmptyResponse) as raised:
         loop.run([{"role": "user", "content": "x"}])
-    assert len(model.calls) == 2
+    assert raised.value.code == "EMPTY_RESPONSE"
+    assert raised.value.partial.iterations == 2
+
+
+def test_a_resumed_run_counts_an_empty_answer_it_had_already_received():
+    model = ScriptedModel(answer(""))
+    loop, _ = make_loop(model)
+    journal = [Replayed("llm", {"message": {"role": "assistant", "content": None}}, 5, 0)]
+    with pytest.raises(EmptyResponse):
+        loop.run([{"role": "user", "content": "x"}], journal)
+    assert model.calls == [[{"role": "user", "content": "x"}]]
+
+
+def test_assistant_tool_call_messages_carry_empty_content_not_null():
+    model = ScriptedModel(tool_call("a"), answer("done"))
+    loop, steps = make_loop(model, tools={"knowledge_search": EchoTool()})
+    loop.run([{"role": "user", "content": "x"}])
+    sent = model.calls[1][-2]
+    assert sent["role"] == "assistant" and sent["content"] == ""
+    assert steps[0].replay["message"]["content"] == ""
+    assert "tool_calls" not in steps[-1].replay["message"]  # no empty list either
+
+
+def test_a_journal_with_null_content_is_replayed_as_empty_content():
+    call = {"id": "c1", "type": "function", "function": {"name": "knowledge_search"}}
+    call["function"]["arguments"] = '{"query": "a"}'
+    journal = [
+        Replayed("llm", {"message": {"role": "assistant", "content": None, "tool_calls": [call]}}),
+    ]
+    model = ScriptedModel(answer("done"))
+    loop, _ = make_loop(model, tools={"knowledge_search": EchoTool()})
+    loop.run([{"role": "user", "content": "x"}], journal)
+    assert model.calls[0][1]["content"] == ""
+
+
+def test_failed_attempts_are_steps_outside_the_journal():
+    attempt = Attempt(1, 12, "the model server refused the request (HTTP 503)", 503, "busy")
+    done = answer("ok")
+    done.attempt, done.failed_attempts = 2, [attempt]
+    loop, steps = make_loop(ScriptedModel(done))
+    result = loop.run([{"role": "user", "content": "x"}])
+    assert result.iterations == 1
+    assert [(s.name, s.input["attempt"], s.error is None) for s in steps] == [
+        ("llm_call_1", 1, False),
+        ("llm_call_1", 2, True),
+    ]
+    assert steps[0].output["http_status"] == 503 and steps[0].replay is None
+
+
+def test_sources_are_kept_once_per_document():
+    model = ScriptedModel(tool_call("a"), tool_call("b"), answer("done"))
+    loop, _ = make_loop(model, tools={"knowledge_search": EchoTool()})
+    result = loop.run([{"role": "user", "content": "x"}])
+    assert [s["document_id"] for s in result.sources] == ["d1"]
+    assert len(result.tool_calls) == 2
+
+
+def test_arguments_that_are_not_json_are_kept_as_the_model_wrote_them():
+    call = ToolCall(id="c", name="knowledge_search", arguments='{"query": "refu')
+    model = ScriptedModel(Completion(content=None, tool_calls=[call]), answer("ok"))
+    loop, steps = make_loop(model, tools={"knowledge_search": EchoTool()})
+    result = loop.run([{"role": "user", "content": "x"}])
+    assert result.tool_calls[0]["arguments"] == '{"query": "refu'
+    assert steps[1].input == '{"query": "refu'
+    assert steps[1].error.startswith("invalid arguments")
+
+
+def test_raw_control_characters_inside_argument_strings_are_accepted():
+    call = ToolCall(id="c", name="knowledge_search", arguments='{"query": "two\nlines\tand a tab"}')
+    model = ScriptedModel(Completion(content=None, tool_calls=[call]), answer("ok"))
+    loop, steps = make_loop(model, tools={"knowledge_search": EchoTool()})
+    result = loop.run([{"role": "user", "content": "x"}])
+    assert result.tool_calls[0]["arguments"] == {"query": "two\nlines\tand a tab"}
+    assert steps[1].error is None
+
+
+def test_a_withheld_answer_says_content_filter():
+    kept = Completion(content="Partly", tool_calls=[], finish_reason="content_filter")
+    loop, _ = make_loop(ScriptedModel(kept))
+    assert loop.run([{"role": "user", "content": "x"}]).stop_reason == "content_filter"
+
+    withheld = Completion(content=None, tool_calls=[], finish_reason="content_filter")
+    loop, _ = make_loop(ScriptedModel(withheld))
+    with pytest.raises(EmptyResponse) as raised:
+        loop.run([{"role": "user", "content": "x"}])
+    assert raised.value.stop_reason == "content_filter"

@@ -111,7 +111,9 @@ def test_a_running_run_with_a_hung_llm_is_cut_and_keeps_its_steps(peers, llm, re
 
     execution.refresh_from_db()
     assert execution.status == "cancelled"
+    assert execution.stop_reason == "cancelled"
     assert execution.steps.filter(kind="tool").count() == 1
     sent = callbacks()
     assert [c["data"]["status"] for c in sent] == ["cancelled"]
+    assert sent[0]["data"]["stop_reason"] == "cancelled"
     assert sent[0]["data"]["tool_calls"][0]["name"] == "knowledge_search"

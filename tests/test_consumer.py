@@ -138,6 +138,7 @@ def test_an_invalid_message_with_a_callback_queue_gets_an_invalid_action_callbac
     assert sent[0]["data"]["status"] == "rejected"
     assert sent[0]["data"]["execution_id"] is None
     assert sent[0]["data"]["error"]["code"] == "INVALID_ACTION"
+    assert sent[0]["data"]["stop_reason"] == "error"
     assert Execution.objects.count() == 0
 
 

@@ -7,6 +7,7 @@ import pytest
 from executions import gates, lifecycle
 from executions.models import Execution
 from executions.outcome import Outcome
+from protocol.messages import QS_REQUEST
 from tests.helpers import agent_run, callbacks, consume, push, run_one, work
 from tiers.models import Tier
 
@@ -27,11 +28,15 @@ def test_max_iterations_fails_the_run_and_keeps_its_partial_output(peers, llm):
 
     assert execution.status == "failed"
     assert execution.error_code == "MAX_ITERATIONS"
+    assert execution.stop_reason == "max_iterations"
     assert execution.iterations == 3
-    assert execution.steps.filter(kind="tool").count() == 3
+    # The search asked for on the third and last call is not made: nothing would read it.
+    assert execution.steps.filter(kind="tool").count() == 2
+    assert peers.peers.handled.get(QS_REQUEST) == 2
     data = callbacks()[0]["data"]
     assert data["error"]["code"] == "MAX_ITERATIONS"
-    assert len(data["tool_calls"]) == 3
+    assert data["stop_reason"] == "max_iterations"
+    assert len(data["tool_calls"]) == 2
     assert data["sources"]
 
 
@@ -47,15 +52,16 @@ def test_a_request_may_lower_max_iterations_but_not_raise_it(peers, llm):
 
 
 def test_max_tokens_caps_each_call_and_the_whole_run(peers, llm):
-    set_free(max_tokens=60)
-    llm.push_tool_call("knowledge_search", {"query": "refunds"})
-    llm.push_tool_call("knowledge_search", {"query": "refunds again"})
+    set_free(max_tokens=251)
+    for _ in range(3):
+        llm.push_tool_call("knowledge_search", {"query": "refunds"})
     execution = run_one(agent_run(agent_id="support-bot", message="refunds?"))
 
-    assert llm.requests[0]["max_tokens"] == 60
+    assert llm.requests[0]["max_tokens"] < 251  # what the prompt leaves of the budget
     assert execution.error_code == "MAX_ITERATIONS"
-    assert "token budget of 60" in execution.error_message
-    assert execution.total_tokens >= 60
+    assert execution.stop_reason == "token_budget"
+    assert "token budget of 251" in execution.error_message
+    assert execution.total_tokens <= 251 * 1.05
 
 
 def test_max_history_messages_trims_the_history_given_to_the_model(peers, llm):

@@ -134,6 +134,7 @@ def test_refused_runs_are_rejected_without_an_llm_call(peers, llm, agent_id, tie
     assert len(sent) == 1
     assert sent[0]["data"]["status"] == "rejected"
     assert sent[0]["data"]["error"]["code"] == code
+    assert (execution.stop_reason, sent[0]["data"]["stop_reason"]) == ("error", "error")
 
 
 def test_enterprise_agent_runs_for_an_enterprise_tenant(peers, llm):
@@ -172,11 +173,11 @@ def test_llm_overload_and_server_errors_are_retried(peers, llm):
 
 def test_an_llm_that_keeps_failing_ends_in_llm_error(peers, llm):
     for _ in range(4):
-        llm.push_error(500, "the model is on fire", headers={"retry-after-ms": "10"})
+        llm.push_error(503, "overloaded", headers={"retry-after-ms": "10"})
     execution, sent = run_one(agent_run())
     assert execution.status == "failed"
     assert execution.error_code == "LLM_ERROR"
-    assert "500" in execution.error_message and "4 attempts" in execution.error_message
+    assert execution.error_message == "the model server refused the request (HTTP 503, 4 attempts)"
     assert len(llm.requests) == 4
 
 

@@ -1,9 +1,16 @@
-"""The OpenAI-compatible Chat Completions client: retries, deadlines, cancellation.
+"""The OpenAI-compatible Chat Completions client: request shape, retries, timeouts, cancellation.
 
-A call that fails with 429, 5xx or a connection error is retried with
-exponential backoff and jitter (honouring Retry-After) while the run's
-deadline leaves room; then it is an LLM_ERROR. The HTTP call runs in a
-helper thread so a cancelled run stops waiting at once, even on a hung LLM.
+Requests are shaped so that every OpenAI-compatible server accepts them
+(`tool_choice` with tools, optional parameters only when set). A call is
+retried only when another try can succeed: 408, 409, 429, 502, 503, 504
+and lost connections with exponential backoff and jitter (honouring
+Retry-After), a 500 or a call that timed out once more, any other status
+never; all within the run's deadline. Each try waits at most
+AES_LLM_CALL_TIMEOUT_SECONDS. Failed tries come back as `Attempt`s, which
+the loop records as steps; the error a tenant reads is one short line
+written here, the server's own text stays in the steps. The HTTP call runs
+in a helper thread so a cancelled run stops waiting at once, even on a
+hung LLM.
 """
 
 from __future__ import annotations
@@ -20,14 +27,21 @@ import openai
 from django.conf import settings
 from openai.types.chat import ChatCompletion
 
-from executions.agent.loop import Complete, Completion, ToolCall
-from executions.exceptions import ExecutionTimeout, LLMError
+from executions.agent.loop import Attempt, Complete, Completion, ToolCall
+from executions.exceptions import ExecutionTimeout, LLMError, RunError
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
-RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+# Statuses another try may cure: the server was busy, overloaded or between deploys.
+RETRY_STATUSES = frozenset({408, 409, 429, 502, 503, 504})
+# A 500 is as often a request the server can never serve (llama-cpp-python
+# answers 500 to messages its template cannot render): one more try only.
+# A call that timed out is tried once more too: a hung server rarely recovers.
+RETRY_ONCE_STATUSES = frozenset({500})
 MAX_ATTEMPTS = 4
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 8.0
+# Characters of a server's error answer kept in the step, for operators.
+DETAIL_CHARS = 500
 # Seconds between two checks for cancellation while a call is in flight.
 CANCEL_POLL_SECONDS = 1.0
 
@@ -35,6 +49,10 @@ CANCEL_POLL_SECONDS = 1.0
 # slot, plus calls abandoned by cancelled runs until their HTTP timeout ends
 # them; threads are started only as needed.
 _calls = ThreadPoolExecutor(max_workers=512, thread_name_prefix="llm")
+
+
+class _CallTimedOut(Exception):
+    """One try took longer than its timeout."""
 
 
 def client() -> openai.OpenAI:
@@ -68,35 +86,99 @@ def completer(
         timeout: float,
         max_tokens: int | None,
     ) -> Completion:
-        request: dict[str, Any] = {"model": model, "messages": messages}
-        if tools:
-            request["tools"] = tools
-        if temperature is not None:
-            request["temperature"] = temperature
-        if max_tokens is not None:
-            request["max_tokens"] = max_tokens
-        deadline = time.monotonic() + timeout
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ExecutionTimeout("the run's deadline passed during LLM retries")
-            try:
-                return _reduce(_call(request, remaining, check_cancelled))
-            except openai.APITimeoutError:
-                raise ExecutionTimeout(f"the LLM did not answer within {remaining:.1f}s") from None
-            except openai.APIStatusError as exc:
-                problem = f"LLM answered HTTP {exc.status_code}: {exc.message}"
-                if exc.status_code not in RETRY_STATUSES:
-                    raise LLMError(problem) from None
-                delay = _retry_after(exc) or _backoff(attempt)
-            except openai.APIConnectionError as exc:
-                problem, delay = f"LLM unreachable: {exc}", _backoff(attempt)
-            if attempt == MAX_ATTEMPTS or time.monotonic() + delay >= deadline:
-                raise LLMError(f"{problem} (after {attempt} attempts)")
-            _sleep(delay, check_cancelled)
-        raise AssertionError("unreachable")
+        request = build_request(model, messages, tools, temperature, max_tokens)
+        failed: list[Attempt] = []
+        try:
+            return _complete(request, time.monotonic() + timeout, failed, check_cancelled)
+        except RunError as error:
+            error.attempts = failed
+            raise
 
     return complete
+
+
+def build_request(
+    model: str,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]],
+    temperature: float | None,
+    max_tokens: int | None,
+) -> dict[str, Any]:
+    """Return a Chat Completions request body; what is not set is left out, not sent as null."""
+    request: dict[str, Any] = {"model": model, "messages": messages}
+    if tools:
+        request["tools"] = tools
+        # OpenAI's default, said out loud: servers that pick a chat format by
+        # it (llama-cpp-python's function calling) drop the tools without it.
+        request["tool_choice"] = "auto"
+    if temperature is not None:
+        request["temperature"] = temperature
+    if max_tokens is not None:
+        request["max_tokens"] = max_tokens
+    return request
+
+
+def _complete(
+    request: dict[str, Any],
+    deadline: float,
+    failed: list[Attempt],
+    check_cancelled: Callable[[], None],
+) -> Completion:
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ExecutionTimeout("the run's deadline passed while the model server was retried")
+        call_timeout = min(settings.AES_LLM_CALL_TIMEOUT_SECONDS, remaining)
+        began = time.monotonic()
+        delay = _backoff(attempt)
+        try:
+            answer = _call(request, call_timeout, check_cancelled)
+        except (_CallTimedOut, openai.APITimeoutError):
+            if call_timeout >= remaining:
+                raise ExecutionTimeout(
+                    f"the model server did not answer within the run's {remaining:.0f} s left"
+                ) from None
+            failure = Attempt(
+                attempt,
+                _ms_since(began),
+                f"the model server did not answer within {call_timeout:g} s",
+                timed_out=True,
+            )
+            retry = not any(f.timed_out for f in failed)
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            failure = Attempt(
+                attempt,
+                _ms_since(began),
+                f"the model server refused the request (HTTP {status})",
+                http_status=status,
+                detail=_cut(exc.response.text),
+            )
+            earlier = [f for f in failed if f.http_status == status]
+            retry = status in RETRY_STATUSES or (status in RETRY_ONCE_STATUSES and not earlier)
+            delay = _retry_after(exc) or delay
+        except openai.APIConnectionError as exc:
+            failure = Attempt(
+                attempt,
+                _ms_since(began),
+                "the model server could not be reached",
+                detail=_cut(str(exc.__cause__ or exc)),
+            )
+            retry = True
+        else:
+            if not answer.choices:
+                failed.append(
+                    Attempt(
+                        attempt, _ms_since(began), "the model server answered with no choices", 200
+                    )
+                )
+                raise LLMError("the model server answered with no choices")
+            return _reduce(answer, attempt, failed)
+        failed.append(failure)
+        if not retry or attempt == MAX_ATTEMPTS or time.monotonic() + delay >= deadline:
+            raise LLMError(_final_message(failure))
+        _sleep(delay, check_cancelled)
+    raise AssertionError("unreachable")
 
 
 def _call(
@@ -114,12 +196,16 @@ def _call(
         cast_to=ChatCompletion,
         options={"timeout": timeout},
     )
-    while True:
+    # The HTTP timeout bounds each read; this bounds the whole try, however
+    # slowly a server trickles its answer.
+    end = time.monotonic() + timeout
+    while (left := end - time.monotonic()) > 0:
         try:
-            return future.result(timeout=CANCEL_POLL_SECONDS)
+            return future.result(timeout=min(left, CANCEL_POLL_SECONDS))
         except FutureTimeout:
             # Raises Cancelled: the call is abandoned, its thread ends at its timeout.
             check_cancelled()
+    raise _CallTimedOut
 
 
 def _sleep(seconds: float, check_cancelled: Callable[[], None]) -> None:
@@ -146,11 +232,9 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     return None
 
 
-def _reduce(answer: ChatCompletion) -> Completion:
-    if not answer.choices:
-        raise LLMError("LLM answered with no choices")
-    message = answer.choices[0].message
-    usage = answer.usage
+def _reduce(answer: ChatCompletion, attempt: int, failed: list[Attempt]) -> Completion:
+    choice = answer.choices[0]
+    message, usage = choice.message, answer.usage
     return Completion(
         content=message.content,
         tool_calls=[
@@ -160,4 +244,24 @@ def _reduce(answer: ChatCompletion) -> Completion:
         ],
         prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=usage.completion_tokens if usage else 0,
+        finish_reason=choice.finish_reason,
+        attempt=attempt,
+        failed_attempts=list(failed),
     )
+
+
+def _final_message(failure: Attempt) -> str:
+    """Return the tenant's one line: the last failure, and how many tries it took."""
+    if failure.number == 1:
+        return failure.error
+    if failure.error.endswith(")"):
+        return f"{failure.error[:-1]}, {failure.number} attempts)"
+    return f"{failure.error} ({failure.number} attempts)"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= DETAIL_CHARS else text[:DETAIL_CHARS] + "…"
+
+
+def _ms_since(began: float) -> int:
+    return max(0, int((time.monotonic() - began) * 1000))

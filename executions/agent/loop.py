@@ -13,10 +13,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from executions.exceptions import Cancelled, ExecutionTimeout, MaxIterations, RunError
+from executions.exceptions import (
+    Cancelled,
+    EmptyResponse,
+    ExecutionTimeout,
+    MaxIterations,
+    RunError,
+    TokenBudget,
+)
 from executions.outcome import LoopResult
 
 SUMMARY_CHARS = 200
+# A call that could write fewer tokens than this within the run's budget is
+# not made: its answer would only be cut.
+MIN_COMPLETION_TOKENS = 16
+# Prompt tokens are estimated before a call (no tokenizer knows every
+# model): the server's count for the last prompt, plus the messages added
+# since at a generous rate per character of their JSON (English text runs
+# near 1/4) and a few tokens each for the chat template's markers.
+TOKENS_PER_CHAR = 1 / 3
+TOKENS_PER_MESSAGE = 8
+# An empty final answer is asked for once more, then the run fails.
+EMPTY_ANSWERS_ALLOWED = 1
 
 
 @dataclass
@@ -27,6 +45,18 @@ class ToolCall:
 
 
 @dataclass
+class Attempt:
+    """One failed try of an LLM call: its step shows it, the journal does not hold it."""
+
+    number: int
+    duration_ms: int
+    error: str  # one short line written by the AES
+    http_status: int | None = None
+    detail: str | None = None  # the server's own answer, cut short, for operators
+    timed_out: bool = False
+
+
+@dataclass
 class Completion:
     """One model answer, reduced to what the loop needs."""
 
@@ -34,6 +64,9 @@ class Completion:
     tool_calls: list[ToolCall]
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    finish_reason: str | None = None  # "stop", "length", "tool_calls", "content_filter"
+    attempt: int = 1  # which try of the call this answer came from
+    failed_attempts: list[Attempt] = field(default_factory=list)
 
 
 @dataclass
@@ -87,6 +120,8 @@ class LoopState:
     pending: list[ToolCall] = field(default_factory=list)
     # The last LLM answer asked for no tool: it is the run's final answer.
     answered: bool = False
+    # Final answers that came back empty since the last one that was not.
+    empty_answers: int = 0
 
 
 def replay(messages: list[dict[str, Any]], journal: list[Replayed]) -> LoopState:
@@ -94,22 +129,30 @@ def replay(messages: list[dict[str, Any]], journal: list[Replayed]) -> LoopState
     state = LoopState(messages=list(messages), result=LoopResult())
     result = state.result
     for entry in journal:
-        message = entry.replay["message"]
-        state.messages.append(message)
+        # Journals written before assistant messages carried "" hold null:
+        # replayed as "", which every server accepts.
+        message = _sendable(entry.replay["message"])
         if entry.kind == "llm":
             result.iterations += 1
             result.prompt_tokens += entry.prompt_tokens
             result.completion_tokens += entry.completion_tokens
+            calls = message.get("tool_calls") or []
+            if not calls and not _has_text(message.get("content")):
+                state.empty_answers += 1  # asked again: the empty answer is not in the prompt
+                continue
+            state.messages.append(message)
             if message.get("content"):
                 result.response = message["content"]
-            calls = message.get("tool_calls") or []
             state.pending = [
                 ToolCall(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls
             ]
             state.answered = not calls
+            if state.answered:
+                result.stop_reason = entry.replay.get("stop_reason", "stop")
         else:
+            state.messages.append(message)
             result.tool_calls.append(entry.replay["tool_call"])
-            result.sources.extend(entry.replay.get("sources", []))
+            result.add_sources(entry.replay.get("sources", []))
             done = message.get("tool_call_id")
             state.pending = [call for call in state.pending if call.id != done]
     return state
@@ -131,47 +174,91 @@ class AgentLoop:
     # Raises Cancelled when the run was cancelled; checked before every step.
     check_cancelled: Callable[[], None] = lambda: None
     clock: Callable[[], float] = time.monotonic
+    # (messages, prompt tokens) of the last call, as the server counted them.
+    _last_prompt: tuple[int, int] | None = field(default=None, init=False, repr=False)
 
     def run(self, messages: list[dict[str, Any]], journal: list[Replayed] = ()) -> LoopResult:
-        """Return the model's final answer; raise MaxIterations or ExecutionTimeout.
+        """Return the model's final answer; raise a RunError (a limit, a failure).
 
         A resumed run passes the `journal` of the steps its earlier attempts
         completed: they are not made again, the loop goes on after them.
-        Either error carries the partial result (steps already recorded, last
-        assistant text, usage) in its `partial` attribute.
+        The error carries the partial result (steps already recorded, last
+        assistant text, usage) in its `partial` attribute. The result's
+        `stop_reason` says why a completed run stopped.
         """
         state = replay(messages, list(journal))
         result, messages = state.result, state.messages
         if state.answered:
             return result
+        self._last_prompt = None
         schemas = [tool.schema() for tool in self.tools.values()]
+        pending = state.pending
+        empty_answers = state.empty_answers
         try:
-            for call in state.pending:
-                messages.append(self._call_tool(call, result))
             while True:
+                if pending:
+                    # Tools asked for on the last call the limits allow are
+                    # not run: no call would read their results.
+                    self._check_room_for_another_call(messages, schemas, result)
+                    for call in pending:
+                        messages.append(self._call_tool(call, result))
                 if result.iterations >= self.max_iterations:
                     raise MaxIterations(f"no final answer after {self.max_iterations} LLM calls")
-                completion = self._call_model(messages, schemas, result)
-                if completion.content:
+                completion, budget_bound = self._call_model(messages, schemas, result)
+                if _has_text(completion.content):
                     result.response = completion.content
-                if not completion.tool_calls:
+                pending = completion.tool_calls
+                if pending:
+                    messages.append(assistant_message(completion))
+                elif _has_text(completion.content):
+                    result.stop_reason = _stop_reason(completion, budget_bound)
                     return result
-                messages.append(assistant_message(completion))
-                for call in completion.tool_calls:
-                    messages.append(self._call_tool(call, result))
+                else:
+                    empty_answers += 1
+                    _check_empty(completion, empty_answers)
         except RunError as error:
             error.partial = result
             raise
 
-    def _call_tokens(self, result: LoopResult) -> int | None:
+    def _check_room_for_another_call(
+        self, messages: list[dict[str, Any]], schemas: list[dict[str, Any]], result: LoopResult
+    ) -> None:
+        if result.iterations >= self.max_iterations:
+            raise MaxIterations(
+                f"no final answer after {self.max_iterations} LLM calls; "
+                "the tools asked for last were not run"
+            )
+        self._call_tokens(messages, schemas, result)
+
+    def _call_tokens(
+        self, messages: list[dict[str, Any]], schemas: list[dict[str, Any]], result: LoopResult
+    ) -> tuple[int | None, bool]:
+        """Return the completion tokens the next call may spend, and whether the budget bounds it.
+
+        Raises TokenBudget when the prompt alone would leave the call no room.
+        """
         if self.max_run_tokens is None:
-            return self.max_call_tokens
+            return self.max_call_tokens, False
         left = self.max_run_tokens - result.usage["total_tokens"]
-        if left <= 0:
-            # No code names a spent token budget; it is a limit reached
-            # without a final answer, like the iteration limit.
-            raise MaxIterations(f"the run's token budget of {self.max_run_tokens} is spent")
-        return left if self.max_call_tokens is None else min(left, self.max_call_tokens)
+        room = left - self._prompt_tokens(messages, schemas)
+        if room < MIN_COMPLETION_TOKENS:
+            raise TokenBudget(
+                f"the run's token budget of {self.max_run_tokens} leaves no room for another call"
+            )
+        if self.max_call_tokens is not None and self.max_call_tokens <= room:
+            return self.max_call_tokens, False
+        return room, True
+
+    def _prompt_tokens(self, messages: list[dict[str, Any]], schemas: list[dict[str, Any]]) -> int:
+        """Estimate a request's prompt tokens: the server's last count plus what was added since."""
+        if self._last_prompt is not None and len(messages) >= self._last_prompt[0]:
+            counted, tokens = self._last_prompt
+            return tokens + _estimate(messages[counted:])
+        return _estimate(messages) + _estimate(schemas)
+
+    def _calibrate(self, messages: list[dict[str, Any]], prompt_tokens: int) -> None:
+        if prompt_tokens > 0:
+            self._last_prompt = (len(messages), prompt_tokens)
 
     def _remaining(self) -> float:
         self.check_cancelled()
@@ -182,45 +269,78 @@ class AgentLoop:
 
     def _call_model(
         self, messages: list[dict[str, Any]], schemas: list[dict[str, Any]], result: LoopResult
-    ) -> Completion:
+    ) -> tuple[Completion, bool]:
+        """Make one LLM call; return its answer and whether the token budget bounded it.
+
+        Each failed try of the call is a step too, outside the journal: a
+        resumed run neither replays nor counts it.
+        """
+        max_tokens, budget_bound = self._call_tokens(messages, schemas, result)
         began = self.clock()
-        completion = self.complete(messages, schemas, self._remaining(), self._call_tokens(result))
+        name = f"llm_call_{result.iterations + 1}"
+        shown = {"messages": len(messages), "tools": [s["function"]["name"] for s in schemas]}
+        try:
+            completion = self.complete(messages, schemas, self._remaining(), max_tokens)
+        except RunError as error:
+            self._save_attempts(name, shown, error.attempts)
+            raise
+        self._save_attempts(name, shown, completion.failed_attempts)
+        self._calibrate(messages, completion.prompt_tokens)
         result.iterations += 1
         result.prompt_tokens += completion.prompt_tokens
         result.completion_tokens += completion.completion_tokens
+        failed_ms = sum(attempt.duration_ms for attempt in completion.failed_attempts)
+        replayed: dict[str, Any] = {"message": assistant_message(completion)}
+        if not completion.tool_calls:
+            replayed["stop_reason"] = _stop_reason(completion, budget_bound)
         self.save_step(
             Step(
                 kind="llm",
-                name=f"llm_call_{result.iterations}",
-                input={
-                    "messages": len(messages),
-                    "tools": [s["function"]["name"] for s in schemas],
-                },
+                name=name,
+                input={**shown, "attempt": completion.attempt},
                 output={
                     "content": completion.content,
                     "tool_calls": [
                         {"name": c.name, "arguments": c.arguments} for c in completion.tool_calls
                     ],
+                    "finish_reason": completion.finish_reason,
                 },
                 prompt_tokens=completion.prompt_tokens,
                 completion_tokens=completion.completion_tokens,
-                duration_ms=_ms(self.clock() - began),
-                replay={"message": assistant_message(completion)},
+                duration_ms=max(0, _ms(self.clock() - began) - failed_ms),
+                replay=replayed,
             )
         )
-        return completion
+        return completion, budget_bound
+
+    def _save_attempts(self, name: str, shown: dict[str, Any], attempts: list[Attempt]) -> None:
+        for attempt in attempts:
+            self.save_step(
+                Step(
+                    kind="llm",
+                    name=name,
+                    input={**shown, "attempt": attempt.number},
+                    output={
+                        "http_status": attempt.http_status,
+                        "detail": attempt.detail,
+                        "timed_out": attempt.timed_out,
+                    },
+                    error=attempt.error,
+                    duration_ms=attempt.duration_ms,
+                )
+            )
 
     def _call_tool(self, call: ToolCall, result: LoopResult) -> dict[str, Any]:
         self._remaining()
         began = self.clock()
         error: str | None = None
         tool = self.tools.get(call.name)
+        arguments: dict[str, Any] | str
         try:
-            arguments = json.loads(call.arguments or "{}")
-            if not isinstance(arguments, dict):
-                raise ValueError("arguments must be a JSON object")
+            arguments = parse_arguments(call.arguments)
         except ValueError as exc:
-            arguments, error = {}, f"invalid arguments: {exc}"
+            # Kept as the model wrote them: the steps show what it sent.
+            arguments, error = call.arguments, f"invalid arguments: {exc}"
         if error is None and tool is None:
             error = f"unknown tool {call.name!r}"
         content, sources = "", []
@@ -228,7 +348,7 @@ class AgentLoop:
             try:
                 outcome = tool.call(arguments, self.deadline)
                 content, sources = outcome.content, outcome.sources
-                result.sources.extend(sources)
+                result.add_sources(sources)
             except (ExecutionTimeout, Cancelled):
                 raise
             except RunError as exc:
@@ -260,16 +380,81 @@ class AgentLoop:
         return message
 
 
+def parse_arguments(text: str | None) -> dict[str, Any]:
+    """Return a tool call's arguments as a dict; raise ValueError when they are not a JSON object.
+
+    Tolerant as `strict=False` is: raw control characters (a newline, a
+    tab) inside strings, which small models write, are accepted.
+    """
+    arguments = json.loads(text or "{}", strict=False)
+    if not isinstance(arguments, dict):
+        raise ValueError("arguments must be a JSON object")
+    return arguments
+
+
 def assistant_message(completion: Completion) -> dict[str, Any]:
     """Return the model's answer as the assistant message the next request carries."""
-    return {
-        "role": "assistant",
-        "content": completion.content,
-        "tool_calls": [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in completion.tool_calls
-        ],
-    }
+    return _sendable(
+        {
+            "role": "assistant",
+            "content": completion.content,
+            "tool_calls": [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
+                for c in completion.tool_calls
+            ],
+        }
+    )
+
+
+def _sendable(message: dict[str, Any]) -> dict[str, Any]:
+    """Return an assistant message as every OpenAI-compatible server accepts it.
+
+    `content` is "" rather than null (llama-cpp-python's templates fail on
+    null with HTTP 500), and an empty `tool_calls` is left out (OpenAI
+    refuses an empty array).
+    """
+    if message.get("role") != "assistant":
+        return message
+    sendable = {**message, "content": message.get("content") or ""}
+    if not sendable.get("tool_calls"):
+        sendable.pop("tool_calls", None)
+    return sendable
+
+
+def _has_text(content: str | None) -> bool:
+    return bool(content and content.strip())
+
+
+def _stop_reason(completion: Completion, budget_bound: bool) -> str:
+    if completion.finish_reason == "length":
+        # Cut at the call's max_tokens: the run's budget's doing, or the agent's limit.
+        return "token_budget" if budget_bound else "length"
+    if completion.finish_reason == "content_filter":
+        return "content_filter"
+    return "stop"
+
+
+def _check_empty(completion: Completion, empty_answers: int) -> None:
+    """Raise EmptyResponse for an answer with no text that is not to be asked for again."""
+    reason = _stop_reason(completion, budget_bound=False)
+    if reason == "stop" and empty_answers <= EMPTY_ANSWERS_ALLOWED:
+        return  # asked for once more
+    error = EmptyResponse(
+        {
+            "length": "the model's answer was cut at its token limit before any text",
+            "content_filter": "the model server withheld the answer (content filter)",
+        }.get(reason, "the model answered with no text")
+    )
+    error.stop_reason = "error" if reason == "stop" else reason
+    raise error
+
+
+def _estimate(items: list[dict[str, Any]]) -> int:
+    return sum(int(len(json.dumps(item)) * TOKENS_PER_CHAR) + TOKENS_PER_MESSAGE for item in items)
 
 
 def _ms(seconds: float) -> int:

@@ -122,7 +122,9 @@ def run(execution: Execution, tier: Tier) -> Outcome:
             isinstance(error, UpstreamTimeout) and time.monotonic() >= deadline
         ):
             error = ExecutionTimeout(f"the run's deadline of {timeout}s passed")
-        return Outcome.from_error(error, error.partial or result)
+        # RQ's own timeout interrupts the loop before it can attach its
+        # partial result: the journal holds what the run had produced.
+        return Outcome.from_error(error, error.partial or result or journal_result(execution))
     except Exception as exc:
         log.exception("execution %s crashed", execution.id)
         return Outcome.internal(type(exc).__name__)
@@ -213,12 +215,12 @@ def _save_messages(
     limits: dict[str, Any],
     deadline: float,
 ) -> None:
-    if not execution.session_id:
+    # A turn is saved whole or not at all: a session never keeps a question
+    # without its answer (a completed run always has one).
+    if not execution.session_id or not response:
         return
     saved = []
     for role, content in (("user", data.message), ("assistant", response)):
-        if content is None:
-            continue
         message = SaveMessage(
             session_id=execution.session_id,
             role=role,

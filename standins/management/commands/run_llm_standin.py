@@ -18,9 +18,19 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8001)
         parser.add_argument("--latency", type=float, default=0.0, help="seconds per answer")
+        parser.add_argument(
+            "--strict",
+            action="store_true",
+            help="refuse what llama-cpp-python and OpenAI refuse (standins/llm.py)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        standin = LLMStandin(options["host"], options["port"], latency_seconds=options["latency"])
+        standin = LLMStandin(
+            options["host"],
+            options["port"],
+            latency_seconds=options["latency"],
+            strict=options["strict"],
+        )
         stop = threading.Event()
         processes.on_stop_signals(stop.set)
         try:

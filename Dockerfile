@@ -43,8 +43,11 @@ EXPOSE 8000
 
 # Exec form: gunicorn is PID 1 (or the child of the compose init) and gets
 # SIGTERM directly; it stops gracefully within its 30 s graceful timeout.
+# Each worker is a uvicorn worker serving the ASGI app: a client following a
+# run's events (SSE) waits in its event loop, not in a thread of its own.
 # Workers: WEB_CONCURRENCY (gunicorn's default reads it), 1 when unset.
-CMD ["gunicorn", "aes_project.wsgi", \
+CMD ["gunicorn", "aes_project.asgi:application", \
+     "--worker-class", "uvicorn_worker.UvicornWorker", \
      "--bind", "0.0.0.0:8000", \
      "--worker-tmp-dir", "/dev/shm", \
      "--access-logfile", "-"]

@@ -6,9 +6,12 @@ module-level client per process is reused by every job a worker runs.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import weakref
 
 import redis
+import redis.asyncio
 from django.conf import settings
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
@@ -56,3 +59,31 @@ def blocking(block_seconds: float = keys.BLOCK_SECONDS) -> redis.Redis:
 def shared_blocking() -> redis.Redis:
     """Return the process-wide client for waits of at most BLOCK_SECONDS."""
     return blocking()
+
+
+# One asyncio client per event loop: a redis.asyncio connection belongs to the
+# loop that opened it (a web process has one; each test client its own).
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def async_blocking(block_seconds: float) -> redis.asyncio.Redis:
+    """Return this event loop's client for waits of at most `block_seconds`.
+
+    Its pool has no bound: each client of a blocking read holds a connection
+    while it waits, and a bound would make the next one fail, not wait.
+    """
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = _async_clients[loop] = redis.asyncio.Redis.from_url(
+            settings.REDIS_URL,
+            socket_timeout=block_seconds + keys.SOCKET_MARGIN_SECONDS,
+            socket_connect_timeout=5,
+            socket_keepalive=True,
+            health_check_interval=30,
+            lib_name=None,
+            lib_version=None,
+        )
+    return client

@@ -87,10 +87,12 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
 ]
 
-if not DEBUG:
-    # gunicorn serves the admin's and API docs' static files itself
-    # (collected into STATIC_ROOT); runserver does that in development.
-    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+# The web server serves the admin's and API docs' static files itself
+# (uvicorn has no static files of its own): collected into STATIC_ROOT in
+# production, found in the apps in development.
+MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
 
 # The admin login resists password guessing (django-axes): the axes backend
 # refuses a locked-out login before the ModelBackend checks its password.
@@ -201,6 +203,12 @@ AES_PEER_TIMEOUT_SECONDS = env_float("AES_PEER_TIMEOUT_SECONDS", 5.0, minimum=0.
 AES_LLM_CALL_TIMEOUT_SECONDS = env_float("AES_LLM_CALL_TIMEOUT_SECONDS", 60.0, minimum=0.1)
 # Seconds a tool waits for its ES/QS callback (never past the run's deadline).
 AES_TOOL_TIMEOUT_SECONDS = env_float("AES_TOOL_TIMEOUT_SECONDS", 30.0, minimum=0.1)
+# Seconds a streamed LLM answer may stay silent between two chunks before the
+# call is an LLM error (data.stream runs only).
+AES_LLM_STREAM_IDLE_SECONDS = env_float("AES_LLM_STREAM_IDLE_SECONDS", 30.0, minimum=0.1)
+# Seconds between the comment lines that keep an idle event stream's
+# connection open (GET /api/executions/{id}/events/); proxies drop silent ones.
+AES_EVENTS_KEEPALIVE_SECONDS = env_float("AES_EVENTS_KEEPALIVE_SECONDS", 15.0, minimum=0.1)
 # Hosts that tools and webhooks may call (aes_project/outbound.py): `*` is any
 # host with only public addresses; a named host may be private.
 AES_TOOL_ALLOWED_HOSTS = env_str("AES_TOOL_ALLOWED_HOSTS", "*")

@@ -71,6 +71,7 @@ def main() -> None:
     )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--chunk-seconds", type=float, default=0.0, help="between streamed chunks")
     parser.add_argument("--error-rate", type=float, default=0.0)
     parser.add_argument("--hang-seconds", type=float, default=30.0)
     parser.add_argument("--request-log", type=Path, help="one JSON line per request, appended")
@@ -83,6 +84,7 @@ def main() -> None:
         hang_seconds=args.hang_seconds,
         request_log=log,
     )
+    server.chunk_seconds = args.chunk_seconds
     # The stand-in records every request body; a long run must not keep them all.
     server._record = lambda body: None
     stop = threading.Event()

@@ -17,9 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from django.conf import settings
+from redis.client import Pipeline
 
 from aes_project import redis_clients
 from protocol import keys
@@ -66,12 +69,19 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
 
-    def take(self, execution_id: str, attempt: int) -> bool:
-        """Take the run's lease for `attempt`; False when another holder has it."""
+    def take(
+        self, execution_id: str, attempt: int, *, before: Callable[[Pipeline], Any] | None = None
+    ) -> bool:
+        """Take the run's lease for `attempt`; False when another holder has it.
+
+        `before` adds commands to send ahead of it, in the same round trip.
+        """
         lease = (execution_id, str(attempt))
-        taken = redis_clients.shared().set(
-            keys.lease(execution_id), lease[1], nx=True, px=_ttl_ms()
-        )
+        pipe = redis_clients.shared().pipeline(transaction=False)
+        if before is not None:
+            before(pipe)
+        pipe.set(keys.lease(execution_id), lease[1], nx=True, px=_ttl_ms())
+        taken = pipe.execute()[-1]
         if not taken:
             return False
         with self._lock:

@@ -16,7 +16,7 @@ import uuid
 import redis
 
 from aes_project import redis_clients
-from executions import admission, gates, leases, outbox, queues
+from executions import admission, events, gates, leases, outbox, queues
 from executions.exceptions import Cancelled, InvalidAction, Superseded
 from executions.models import FINAL_STATUSES, Execution, Status, execution_id_for
 from executions.outcome import Outcome
@@ -62,8 +62,13 @@ def submit(
     admission.agent_run(action, request)
     if own_queues_only:
         admission.check_tenant_queue(action.callback_queue, tenant_id)
-    redis_clients.shared().lpush(keys.actions(tier), raw)
-    return action_id, execution_id_for(tenant_id, action_id)
+    execution_id = execution_id_for(tenant_id, action_id)
+    pipe = redis_clients.shared().pipeline(transaction=False)
+    # Lets the tenant follow the run's events before the consumer records it.
+    pipe.set(keys.submitted(str(execution_id)), tenant_id, ex=keys.SUBMITTED_TTL_SECONDS)
+    pipe.lpush(keys.actions(tier), raw)
+    pipe.execute()
+    return action_id, execution_id
 
 
 def accept(run: admission.AgentRun, tier: str) -> Execution:
@@ -94,7 +99,9 @@ def accept(run: admission.AgentRun, tier: str) -> Execution:
     # The list's tier is the run's; the message's own names it only by chance.
     known = run.tier if run.tier.name == tier else None
     if created:
-        queues.enqueue(execution, tier=known, known_new=True)
+        run_events = events.of(execution)
+        run_events.add(events.STATUS, status=Status.QUEUED)
+        queues.enqueue(execution, tier=known, known_new=True, also=run_events.queue_on)
     elif execution.status == Status.QUEUED:
         queues.enqueue(execution, tier=known)
     return execution
@@ -119,7 +126,9 @@ def begin(execution: Execution, tier: Tier) -> str | None:
     requested = AgentRunData.model_validate(execution.request["data"]).timeout
     if not execution.start(tier.limits(), min(tier.timeout_seconds, requested or math.inf)):
         return "not-claimed"
-    leases.heartbeat().take(execution_id, execution.resumes)
+    run_events = events.of(execution)
+    run_events.add(events.STATUS, status=Status.RUNNING)
+    leases.heartbeat().take(execution_id, execution.resumes, before=run_events.queue_on)
     return None
 
 
@@ -135,6 +144,8 @@ def take_over(execution: Execution) -> bool:
     if not leases.heartbeat().take(str(execution.id), execution.resumes):
         return False
     log.warning("execution %s resumed: attempt %d", execution.id, execution.resumes + 1)
+    # Sent with the run's next round trip (its first cancel check).
+    events.of(execution).add(events.STATUS, status=Status.RUNNING, resumed=True)
     return True
 
 
@@ -206,7 +217,8 @@ def cancel(execution: Execution) -> bool:
     """Cancel the run: a queued one at once, a running one at its next step.
 
     Sets `execution:cancel:{id}`, which the running job checks before every
-    step and every second of an LLM call. Return False when it had ended.
+    step and every second of an LLM call (sending its queued events with
+    the check). Return False when it had ended.
     """
     if execution.is_final:
         return False
@@ -229,11 +241,14 @@ def run_checker(execution: Execution):
     was requested.
     """
     heartbeat, execution_id, attempt = leases.heartbeat(), str(execution.id), execution.resumes
+    run_events, flag = events.of(execution), keys.cancel_flag(execution_id)
 
     def check() -> None:
         if heartbeat.lost(execution_id, attempt):
             raise Superseded(f"execution {execution_id} is held by a later attempt")
-        if is_cancelled(execution_id):
+        # The run's queued events (its last steps) ride with the check.
+        (cancelled,) = run_events.flush(lambda pipe: pipe.exists(flag))
+        if cancelled:
             raise Cancelled("the run was cancelled")
 
     return check

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from aes_project import redis_clients
-from executions import metrics
+from executions import events, metrics
 from executions.models import Execution
 from protocol import keys
 from protocol.messages import ErrorInfo, ExecutionCallback, ExecutionCallbackData
@@ -23,24 +23,37 @@ log = logging.getLogger(__name__)
 
 
 # The outbox's one step in Redis, atomic: count the run in the metrics and
+# write its last events and its `done` event (once: when it is counted), and
 # push its callback, each unless the run's outbox hash says it was done. A
 # crash between the push and marking the row sent does not send it twice; a
 # push that fails (the queue holds another type) leaves the run counted and
 # the push to be tried again, since its LPUSH error aborts nothing before it.
-# KEYS: outbox hash, metrics hash, metrics index[, callback queue].
-# ARGV: hash TTL, callback JSON, then metric field and amount pairs.
-_OUTBOX = """
+# KEYS: outbox hash, metrics hash, metrics index, events stream, events
+# counter[, callback queue]. ARGV: hash TTL, callback JSON, the events' ended
+# TTL, N, N event bodies ending with `done` (N = 0: no events), then metric
+# field and amount pairs.
+_OUTBOX = (
+    events.APPEND_FUNCTION
+    + """
 if redis.call('HSETNX', KEYS[1], 'counted', '1') == 1 then
   redis.call('SADD', KEYS[3], KEYS[2])
-  for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  local first = 5 + tonumber(ARGV[4])
+  for i = first, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  -- The run's end is counted once, and so is its `done` written once.
+  if tonumber(ARGV[4]) > 0 then
+    append_events(4, 5, 4 + tonumber(ARGV[4]))
+    redis.call('EXPIRE', KEYS[4], ARGV[3])
+    redis.call('EXPIRE', KEYS[5], ARGV[3])
+  end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-if not KEYS[4] or redis.call('HEXISTS', KEYS[1], 'pushed') == 1 then return 0 end
-local pushed = redis.pcall('LPUSH', KEYS[4], ARGV[2])
+if not KEYS[6] or redis.call('HEXISTS', KEYS[1], 'pushed') == 1 then return 0 end
+local pushed = redis.pcall('LPUSH', KEYS[6], ARGV[2])
 if type(pushed) == 'table' and pushed.err then return redis.error_reply(pushed.err) end
 redis.call('HSET', KEYS[1], 'pushed', '1')
 return 1
 """
+)
 # Seconds the outbox hash of a run is kept until its row says sent (a crash
 # in between leaves it for the reaper, however late it comes), and once it
 # does: long enough to outlast any deliverer that read the row before it was
@@ -61,24 +74,43 @@ def deliver(execution: Execution, *, again: bool = False) -> bool:
     """
     if execution.callback is None or (execution.callback_sent_at is not None and not again):
         return False
-    marker = keys.outbox(str(execution.id))
+    execution_id = str(execution.id)
+    marker = keys.outbox(execution_id)
     client = redis_clients.shared()
     if again:
         client.hdel(marker, "pushed")
-    metric_keys = [marker, keys.metrics(execution.tier, execution.tenant_id), keys.METRICS_INDEX]
+    script_keys = [
+        marker,
+        keys.metrics(execution.tier, execution.tenant_id),
+        keys.METRICS_INDEX,
+        keys.events(execution_id),
+        keys.events_seq(execution_id),
+    ]
     queue = [execution.callback_queue] if execution.callback_queue else []
     amounts = [part for pair in metrics.increments(execution) for part in pair]
-    pushed = bool(
-        client.eval(
-            _OUTBOX,
-            len(metric_keys) + len(queue),
-            *metric_keys,
-            *queue,
-            SENT_MARKER_TTL_SECONDS,
-            json.dumps(execution.callback),
-            *amounts,
+    # A re-send on purpose is not a second end: the run's events stay as they were.
+    run_events = events.of(execution)
+    bodies = [] if again else run_events.take()
+    if not again:
+        bodies.append(events.body(execution_id, events.DONE, callback=execution.callback["data"]))
+    try:
+        pushed = bool(
+            client.eval(
+                _OUTBOX,
+                len(script_keys) + len(queue),
+                *script_keys,
+                *queue,
+                SENT_MARKER_TTL_SECONDS,
+                json.dumps(execution.callback),
+                keys.EVENTS_ENDED_TTL_SECONDS,
+                len(bodies),
+                *bodies,
+                *amounts,
+            )
         )
-    )
+    except redis.RedisError:
+        run_events.put_back(bodies[:-1])
+        raise
     execution.mark_callback_sent()
     try:
         client.expire(marker, SENT_MARKER_KEPT_SECONDS)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
+from redis.client import Pipeline
 from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -38,14 +41,20 @@ def tier_queue(tier: str) -> Queue:
 
 
 def enqueue(
-    execution: Execution, *, tier: Tier | None = None, wake: bool = False, known_new: bool = False
+    execution: Execution,
+    *,
+    tier: Tier | None = None,
+    wake: bool = False,
+    known_new: bool = False,
+    also: Callable[[Pipeline], Any] | None = None,
 ) -> None:
     """Put the execution's job on its tier's RQ queue.
 
     Nothing is done when RQ knows the job already (a redelivered message),
     unless `wake` is set; `known_new` skips that check for a row just made.
     A woken run goes to the front of its queue: it has waited its turn.
-    `tier` saves a lookup when the caller holds it already.
+    `tier` saves a lookup when the caller holds it already; `also` adds
+    commands to the enqueue's own round trip (inside its MULTI).
     """
     queue = tier_queue(execution.tier)
     job_id = str(execution.id)
@@ -53,6 +62,7 @@ def enqueue(
         return
     tier = tier or lookup.get_tier(execution.tier)
     timeout = tier.timeout_seconds if tier else UNKNOWN_TIER_TIMEOUT_SECONDS
+    pipe = queue.connection.pipeline()
     queue.enqueue_call(
         RUN_JOB,
         args=(job_id,),
@@ -61,4 +71,8 @@ def enqueue(
         result_ttl=RESULT_TTL_SECONDS,
         failure_ttl=FAILURE_TTL_SECONDS,
         at_front=wake,
+        pipeline=pipe,
     )
+    if also is not None:
+        also(pipe)
+    pipe.execute()

@@ -30,6 +30,16 @@ SOCKET_MARGIN_SECONDS = 5
 HEARTBEAT_SECONDS = 5
 # Seconds a reply list lives, as the responders of PROTOCOL.md §2 set it.
 REPLY_TTL_SECONDS = 300
+# A run's event stream (PROTOCOL.md §8) keeps about this many events (MAXLEN ~).
+EVENTS_MAX_LEN = 10_000
+# Seconds the stream and its counter live once the run has ended, and while it
+# has not: longer than a run can be queued and run, so that only a run whose
+# end was lost altogether leaves its stream to this bound.
+EVENTS_ENDED_TTL_SECONDS = 3600
+EVENTS_LIVE_TTL_SECONDS = 24 * 3600
+# Seconds a run submitted through the API is known to its tenant's event
+# stream route before the consumer has recorded it.
+SUBMITTED_TTL_SECONDS = 3600
 
 
 def is_reserved(key: str) -> bool:
@@ -83,6 +93,21 @@ def outbox(execution_id: str) -> str:
     Each is done once however often the outbox is processed (PROTOCOL.md §4).
     """
     return f"execution:outbox:{execution_id}"
+
+
+def events(execution_id: str) -> str:
+    """The run's event stream (PROTOCOL.md §8): entry ids `0-{seq}`, one field `event`."""
+    return f"execution:events:{execution_id}"
+
+
+def events_seq(execution_id: str) -> str:
+    """The last `seq` given to an event of the run, written with each XADD."""
+    return f"execution:events:{execution_id}:seq"
+
+
+def submitted(execution_id: str) -> str:
+    """Names the tenant of a run the API submitted, until the consumer records it."""
+    return f"execution:submitted:{execution_id}"
 
 
 def session_order(tenant_id: str, session_id: str) -> str:

@@ -114,6 +114,8 @@ class AgentRunData(_Incoming):
     conversation_id: str | None = Field(default=None, max_length=255)
     max_iterations: int | None = Field(default=None, ge=1)
     timeout: int | None = Field(default=None, ge=1)
+    # Also publish the answer as it is written, as `delta` events (§8).
+    stream: bool = False
     # Where the AES also POSTs the run's callback, signed (docs/api.md, "Webhooks").
     webhook_url: str | None = Field(default=None, min_length=1, max_length=2048)
 

@@ -1,7 +1,8 @@
 """LLMStandin: a scriptable OpenAI-compatible Chat Completions server for tests and local runs.
 
-Plain Python (no Django). Only non-streaming `POST /v1/chat/completions` and
-`GET /v1/models` are served. `max_tokens` is honoured: a longer answer is
+Plain Python (no Django). `POST /v1/chat/completions`, plain or streamed
+(`stream: true`: `chat.completion.chunk` events, then `data: [DONE]`, as the
+real API sends them), and `GET /v1/models` are served. `max_tokens` is honoured: a longer answer is
 cut, with `finish_reason: "length"`.
 
 In strict mode (`LLMStandin(strict=True)`, the test suite's default) it
@@ -72,7 +73,9 @@ class LLMStandin:
     Every request body is appended to `self.requests`. Script items (popped one per request):
     `{"content": str}`, `{"tool_calls": [{"name", "arguments"}]}`,
     `{"status": int, "body": dict, "headers": dict}`, each optionally with `"sleep": seconds`;
-    an answer may name its `"finish_reason"`.
+    an answer may name its `"finish_reason"`. A streamed answer may also say
+    `"chunk_sleep": seconds` between its chunks (default `self.chunk_seconds`) and
+    `"stall_after": n`: silent after its first n chunks.
     """
 
     def __init__(
@@ -85,6 +88,9 @@ class LLMStandin:
         self.host, self.port = host, port
         self.latency_seconds = latency_seconds
         self.strict = strict
+        self.chunk_seconds = 0.0
+        # Streamed answers whose client closed the connection before their end.
+        self.streams_cut = 0
         self.script: deque[dict[str, Any]] = deque()
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -176,7 +182,11 @@ class LLMStandin:
             if refused is not None:
                 return refused[0], refused[1], {}
             body = strict_view(body)
-        item = self._next_item()
+        return self._answer_item(body, self._next_item())
+
+    def _answer_item(
+        self, body: dict[str, Any], item: dict[str, Any] | None
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
         self._sleep(self.latency_seconds)
         if item is not None and item.get("sleep"):
             self._sleep(float(item["sleep"]))
@@ -262,6 +272,38 @@ class LLMStandin:
             },
             "system_fingerprint": None,
         }
+
+    # --- Streamed answers ---------------------------------------------------------
+
+    def push_stream(self, text: str, *, chunk_sleep: float = 0.0, stall_after: int | None = None):
+        """Next request (streamed) gets a final answer `text`, paced or stalled as told."""
+        self.script.append(
+            {"content": text, "chunk_sleep": chunk_sleep, "stall_after": stall_after}
+        )
+
+    def stream_answer(self, body: dict[str, Any]) -> tuple[int, dict, dict, _StreamPlan | None]:
+        """Build (status, error body, headers, the chunks to send) for a streamed request."""
+        if self.strict:
+            refused = strict_refusal(body)
+            if refused is not None:
+                return refused[0], refused[1], {}, None
+            body = strict_view(body)
+        item = self._next_item()
+        status, answer, headers = self._answer_item(body, item)
+        if status != 200:
+            return status, answer, headers, None
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        pacing = item or {}
+        return (
+            200,
+            {},
+            headers,
+            _StreamPlan(
+                chunks=completion_chunks(answer, include_usage),
+                pause_seconds=float(pacing.get("chunk_sleep") or self.chunk_seconds),
+                stall_after=pacing.get("stall_after"),
+            ),
+        )
 
 
 def _answer_chars(message: dict[str, Any]) -> int:
@@ -356,6 +398,66 @@ def strict_view(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+class _StreamPlan:
+    def __init__(self, chunks: list[dict], pause_seconds: float, stall_after: int | None):
+        self.chunks, self.pause_seconds, self.stall_after = chunks, pause_seconds, stall_after
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    """Cut `text` as a model's tokens come: a few characters at a time."""
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def completion_chunks(completion: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+    """Return the `chat.completion.chunk` objects the real API streams for `completion`.
+
+    The first chunk names the role; text comes a few characters per chunk;
+    each tool call starts with its index, id and name, and its arguments
+    follow in fragments under the same index; the last choice chunk has the
+    finish reason; with `include_usage` every chunk has `usage: null` and a
+    final chunk with no choices carries the usage.
+    """
+    choice = completion["choices"][0]
+    message = choice["message"]
+    base = {
+        "id": completion["id"],
+        "object": "chat.completion.chunk",
+        "created": completion["created"],
+        "model": completion["model"],
+        "system_fingerprint": None,
+    }
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        out = {
+            **base,
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
+        if include_usage:
+            out["usage"] = None
+        return out
+
+    chunks = []
+    if message.get("tool_calls"):
+        chunks.append(chunk({"role": "assistant", "content": None}))
+        for index, call in enumerate(message["tool_calls"]):
+            first = {"index": index, "id": call["id"], "type": "function"}
+            function = {"name": call["function"]["name"], "arguments": ""}
+            chunks.append(chunk({"tool_calls": [{**first, "function": function}]}))
+            for part in _pieces(call["function"]["arguments"], 7):
+                fragment = {"index": index, "function": {"arguments": part}}
+                chunks.append(chunk({"tool_calls": [fragment]}))
+    else:
+        chunks.append(chunk({"role": "assistant", "content": ""}))
+        for part in _pieces(message.get("content") or "", 4):
+            chunks.append(chunk({"content": part}))
+    chunks.append(chunk({}, choice["finish_reason"]))
+    if include_usage:
+        chunks.append({**base, "choices": [], "usage": completion["usage"]})
+    return chunks
+
+
 class _Server(ThreadingHTTPServer):
     # Many runs connect at once; the default backlog of 5 drops connections
     # under load, which clients see as one-second stalls.
@@ -418,13 +520,51 @@ def _make_handler(standin: LLMStandin) -> type[BaseHTTPRequestHandler]:
                 return
             standin._record(body)
             if body.get("stream"):
-                self._send(400, _error_body("stream=true is not supported by the stand-in", 400))
+                self._stream(*standin.stream_answer(body))
                 return
             status, answer, headers = standin.answer(body)
             if status == DROP:
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
+                self._drop()
                 return
             self._send(status, answer, headers)
+
+        def _drop(self) -> None:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+        def _stream(
+            self, status: int, error: dict, headers: dict[str, str], plan: _StreamPlan | None
+        ) -> None:
+            if status == DROP:
+                self._drop()
+                return
+            if plan is None:
+                self._send(status, error, headers)  # errors come as plain JSON, as upstream
+                return
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+                self.send_header("Transfer-Encoding", "chunked")
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                for n, chunk in enumerate(plan.chunks):
+                    if plan.stall_after is not None and n >= plan.stall_after:
+                        standin._sleep(3600)  # silent until the client gives up
+                    elif n:
+                        standin._sleep(plan.pause_seconds)
+                    self._write_chunk(f"data: {json.dumps(chunk)}\n\n")
+                self._write_chunk("data: [DONE]\n\n")
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+                with standin._lock:
+                    standin.streams_cut += 1
+
+        def _write_chunk(self, text: str) -> None:
+            data = text.encode("utf-8")
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
 
     return Handler

@@ -8,6 +8,7 @@ then to answer.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,8 +20,10 @@ from contextlib import contextmanager
 import pytest
 from django.db import connection
 
+from aes_project import redis_clients
 from executions import recovery
 from executions.models import Execution
+from protocol import keys
 from protocol.messages import QS_REQUEST
 from tests.helpers import (
     agent_run,
@@ -116,6 +119,20 @@ def _assert_resumed_once_and_completed(llm, peers, started: float) -> Execution:
         ("llm", "llm_call_2", 2),
     ]
     assert execution.iterations == 2
+    # Its events go on from where the lost attempt left them: no gap, no repeat.
+    entries = redis_clients.shared().xrange(keys.events(str(execution.id)))
+    events = [json.loads(fields[b"event"]) for _, fields in entries]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [(e["type"], e.get("status") or e.get("step", {}).get("name")) for e in events] == [
+        ("status", "queued"),
+        ("status", "running"),
+        ("step", "llm_call_1"),
+        ("step", "knowledge_search"),
+        ("status", "running"),
+        ("step", "llm_call_2"),
+        ("done", None),
+    ]
+    assert events[4].get("resumed") is True
     # Noticed in seconds, not at the run's deadline (enterprise: 300 s).
     assert took < 90
     return execution

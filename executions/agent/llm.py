@@ -27,6 +27,7 @@ import openai
 from django.conf import settings
 from openai.types.chat import ChatCompletion
 
+from executions.agent import streaming
 from executions.agent.loop import Attempt, Complete, Completion, ToolCall
 from executions.exceptions import ExecutionTimeout, LLMError, RunError
 
@@ -77,8 +78,13 @@ def completer(
     model: str,
     temperature: float | None,
     check_cancelled: Callable[[], None] = lambda: None,
+    on_delta: Callable[[str], None] | None = None,
 ) -> Complete:
-    """Return the agent loop's `complete` function for one agent's settings."""
+    """Return the agent loop's `complete` function for one agent's settings.
+
+    With `on_delta`, each call streams and hands it the text as it arrives
+    (executions/agent/streaming.py).
+    """
 
     def complete(
         messages: list[dict[str, Any]],
@@ -89,7 +95,7 @@ def completer(
         request = build_request(model, messages, tools, temperature, max_tokens)
         failed: list[Attempt] = []
         try:
-            return _complete(request, time.monotonic() + timeout, failed, check_cancelled)
+            return _complete(request, time.monotonic() + timeout, failed, check_cancelled, on_delta)
         except RunError as error:
             error.attempts = failed
             raise
@@ -123,6 +129,7 @@ def _complete(
     deadline: float,
     failed: list[Attempt],
     check_cancelled: Callable[[], None],
+    on_delta: Callable[[str], None] | None = None,
 ) -> Completion:
     for attempt in range(1, MAX_ATTEMPTS + 1):
         remaining = deadline - time.monotonic()
@@ -132,7 +139,17 @@ def _complete(
         began = time.monotonic()
         delay = _backoff(attempt)
         try:
-            answer = _call(request, call_timeout, check_cancelled)
+            if on_delta is None:
+                answer = _call(request, call_timeout, check_cancelled)
+            else:
+                # Bounded by the run's deadline and the silence between chunks: a
+                # long answer that keeps coming is not a hung call.
+                answer = streaming.call(client(), request, remaining, check_cancelled, on_delta)
+        except LLMError as exc:
+            # A streamed answer that broke off or fell silent: not tried again.
+            detail = getattr(exc, "detail", None)
+            failed.append(Attempt(attempt, _ms_since(began), exc.message, detail=detail))
+            raise
         except (_CallTimedOut, openai.APITimeoutError):
             if call_timeout >= remaining:
                 raise ExecutionTimeout(

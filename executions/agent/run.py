@@ -9,12 +9,13 @@ import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+import redis
 from django import db
 from django.conf import settings
 from django.utils import timezone
 from rq.timeouts import JobTimeoutException
 
-from executions import gates, lifecycle
+from executions import events, gates, lifecycle
 from executions.agent import llm, peers, tools
 from executions.agent.loop import AgentLoop, Replayed, Step, replay
 from executions.exceptions import (
@@ -99,6 +100,7 @@ def run(execution: Execution, tier: Tier) -> Outcome:
                     model=agent.model or settings.AES_DEFAULT_MODEL,
                     temperature=agent.temperature,
                     check_cancelled=check_cancelled,
+                    on_delta=_publisher(execution) if data.stream else None,
                 )
             ),
             tools=toolset,
@@ -191,9 +193,27 @@ def _without_connection(call: Callable[P, R]) -> Callable[P, R]:
     return wrapped
 
 
+def _publisher(execution: Execution) -> Callable[[str], None]:
+    """Return what publishes a streamed answer's text as the run's `delta` events, at once."""
+    run_events = events.of(execution)
+
+    def publish(text: str) -> None:
+        run_events.add(events.DELTA, text=text)
+        try:
+            run_events.flush()
+        except redis.RedisError as exc:
+            # Kept, and sent with the run's next round trip: the answer goes on.
+            log.warning("delta events of %s not sent yet: %s", execution.id, exc)
+
+    return publish
+
+
 def save_step(execution: Execution, step: Step) -> None:
-    """Store one step of the loop as an ExecutionStep: the run's journal (§9)."""
-    execution.add_step(
+    """Store one step of the loop as an ExecutionStep: the run's journal (§9).
+
+    Its `step` event goes out with the run's next round trip to Redis.
+    """
+    recorded = execution.add_step(
         step.kind,
         step.name,
         input=step.input,
@@ -204,6 +224,7 @@ def save_step(execution: Execution, step: Step) -> None:
         duration_ms=step.duration_ms,
         replay=step.replay,
     )
+    events.of(execution).add(events.STEP, step=events.step_fields(recorded))
     release_connection()
 
 

@@ -1,6 +1,6 @@
 """`manage.py run_local`: the whole service on one machine, for trying it out.
 
-Starts the web server (admin and API), `run_execution_worker` with its RQ
+Starts the web server (admin and API, under uvicorn), `run_execution_worker` with its RQ
 workers, the stand-in peers, and, when OPENAI_API_KEY is unset, the stand-in
 LLM. Every child inherits this process's REDIS_URL, so with no REDIS_URL set
 they all share the private server that loading the settings started.
@@ -44,8 +44,24 @@ class Command(BaseCommand):
             env["OPENAI_BASE_URL"] = llm.start()
             env["OPENAI_API_KEY"] = "stand-in"
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
+        host, _, port = addr.rpartition(":")
+        if not host or not port.isdigit():
+            raise CommandError(f"--addr must read HOST:PORT, got {addr!r}")
         commands = {
-            "web server": [*manage, "runserver", addr, "--noreload"],
+            # ASGI, as in production: a client following a run's events holds no thread.
+            "web server": [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "aes_project.asgi:application",
+                "--host",
+                host,
+                "--port",
+                port,
+                "--no-access-log",
+                "--app-dir",
+                str(settings.BASE_DIR),
+            ],
             "execution worker": [*manage, "run_execution_worker", "--rq-workers", str(rq_workers)],
             "dev peers": [*manage, "run_dev_peers"],
         }

@@ -1,0 +1,66 @@
+"""A run's events in its Redis Stream (PROTOCOL.md §8): complete, in order, without gaps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from executions import outbox
+from executions.models import Execution
+from protocol import keys
+from tests.helpers import agent_run, callbacks, consume, push, run_one, work
+
+pytestmark = pytest.mark.django_db
+
+
+def stream_events(redis, execution_id) -> list[dict]:
+    """The run's events as a platform service reads them: XRANGE from the start."""
+    entries = redis.xrange(keys.events(str(execution_id)))
+    events = [json.loads(fields[b"event"]) for _, fields in entries]
+    # The entry ids are 0-{seq}: "the events after N" is XREAD ... 0-N.
+    assert [entry_id.decode() for entry_id, _ in entries] == [f"0-{e['seq']}" for e in events]
+    return events
+
+
+def test_the_events_of_a_run_that_uses_a_tool_are_complete_and_in_order(peers, llm, redis):
+    execution = run_one(agent_run(agent_id="support-bot", message="How do refunds work?"))
+
+    events = stream_events(redis, execution.id)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [(e["type"], e.get("status") or (e.get("step") or {}).get("name")) for e in events] == [
+        ("status", "queued"),
+        ("status", "running"),
+        ("step", "llm_call_1"),
+        ("step", "knowledge_search"),
+        ("step", "llm_call_2"),
+        ("done", None),
+    ]
+    assert all(e["execution_id"] == str(execution.id) and e["at"] for e in events)
+    tool = events[3]["step"]
+    assert tool["kind"] == "tool" and tool["input"] == {"query": "How do refunds work?"}
+    # `done` carries the callback's data, as the callback queue got it.
+    assert events[-1]["callback"] == callbacks()[0]["data"]
+    assert events[-1]["callback"]["status"] == "completed"
+    # Kept an hour once the run has ended, with its counter.
+    assert 3500 < redis.ttl(keys.events(str(execution.id))) <= 3600
+    assert 3500 < redis.ttl(keys.events_seq(str(execution.id))) <= 3600
+
+
+def test_a_redelivered_message_adds_no_second_queued_event(peers, llm, redis):
+    message = agent_run()
+    push(message)
+    push(message)
+    consume()
+    work()
+    execution = Execution.objects.get()
+    types = [e["type"] for e in stream_events(redis, execution.id)]
+    assert types == ["status", "status", "step", "done"]
+
+
+def test_a_callback_sent_again_writes_no_second_done(peers, llm, redis):
+    execution = run_one(agent_run())
+    outbox.deliver(execution, again=True)
+    assert len(callbacks()) == 2
+    types = [e["type"] for e in stream_events(redis, execution.id)]
+    assert types == ["status", "status", "step", "done"]

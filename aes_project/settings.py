@@ -220,6 +220,10 @@ for _name in ("AES_TOOL_ALLOWED_HOSTS", "AES_WEBHOOK_ALLOWED_HOSTS"):
         raise ImproperlyConfigured(f"{_name}: {exc}") from None
 # Bytes of a tool's result the model sees; the rest is cut and marked as cut.
 AES_TOOL_RESULT_MAX_BYTES = int(env_float("AES_TOOL_RESULT_MAX_BYTES", 16384, minimum=256))
+# Seconds an MCP server's tool list is cached (per tenant and server) before it is listed again.
+AES_MCP_TOOLS_CACHE_SECONDS = env_float("AES_MCP_TOOLS_CACHE_SECONDS", 300.0, minimum=1.0)
+# Tokens one model request may hold when the agent declares no `context_window`.
+AES_DEFAULT_CONTEXT_WINDOW = int(env_float("AES_DEFAULT_CONTEXT_WINDOW", 128000, minimum=1024))
 # Seconds a tier row is served from the in-process cache before re-reading.
 AES_TIER_CACHE_SECONDS = env_float("AES_TIER_CACHE_SECONDS", 5.0)
 # Seconds a consumer's heartbeat stays valid; a consumer silent for longer

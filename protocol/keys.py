@@ -131,6 +131,11 @@ def metrics(tier: str, tenant_id: str) -> str:
     return f"execution:metrics:{tier}:{tenant_id}"
 
 
+def mcp_tools(tenant_id: str, server_digest: str) -> str:
+    """The tool list of one MCP server (by a digest of its URL and headers), for one tenant."""
+    return f"execution:mcp_tools:{tenant_id}:{server_digest}"
+
+
 def peer_actions(service: str, tier: str) -> str:
     return f"{service}:{tier}:actions"
 

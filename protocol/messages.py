@@ -196,6 +196,31 @@ class QueryRequest(_Incoming):
     query_embedding: list[float] | None = None
 
 
+class HttpToolSpec(BaseModel):
+    """One of an agent's `http_tools` (§5.1, §7): a function tool served by a POST."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    url: str = Field(min_length=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+
+
+class McpServerSpec(BaseModel):
+    """One of an agent's `mcp_servers` (§5.1, §7): a Model Context Protocol server."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1)
+    url: str = Field(min_length=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+    # None: every tool the server lists.
+    allowed_tools: list[str] | None = None
+
+
 class AgentConfig(BaseModel):
     """An agent as AMS describes it (§5.1); unknown keys are kept."""
 
@@ -212,6 +237,10 @@ class AgentConfig(BaseModel):
     tools: list[str] = Field(default_factory=list)
     collection_ids: list[str] = Field(default_factory=list)
     retrieval_mode: str = "query_service"
+    http_tools: list[HttpToolSpec] = Field(default_factory=list)
+    mcp_servers: list[McpServerSpec] = Field(default_factory=list)
+    # Tokens the agent's model takes in one request; None: the deployment's default.
+    context_window: int | None = Field(default=None, gt=0)
 
 
 class HistoryMessage(BaseModel):

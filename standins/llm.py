@@ -55,6 +55,18 @@ def _arguments(call: dict[str, Any]) -> str:
     return json.dumps(arguments if arguments is not None else {})
 
 
+def _call_first_tool(tools: list[Any], text: str) -> dict[str, Any]:
+    """A call of the first offered tool, each of its string parameters set to `text`."""
+    function = next(t.get("function") or {} for t in tools if isinstance(t, dict))
+    properties = (function.get("parameters") or {}).get("properties") or {}
+    arguments = {
+        name: text
+        for name, spec in properties.items()
+        if isinstance(spec, dict) and spec.get("type") == "string"
+    }
+    return {"name": function.get("name"), "arguments": arguments}
+
+
 def _error_body(message: str, status: int) -> dict:
     kind = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error"}
     return {
@@ -209,7 +221,8 @@ class LLMStandin:
         return 200, self._completion(body, content, tool_calls), {}
 
     def _default(self, body: dict[str, Any]) -> tuple[str | None, list[dict] | None]:
-        """Deterministic answer: search when offered knowledge_search, echo otherwise."""
+        """Deterministic answer: search when offered knowledge_search, else call the first
+        tool offered, else echo; after a tool's result, answer with it."""
         messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
         last = messages[-1] if messages else {}
         users = [m for m in messages if m.get("role") == "user"]
@@ -221,6 +234,8 @@ class LLMStandin:
         }
         if last.get("role") == "user" and "knowledge_search" in tool_names:
             return None, [{"name": "knowledge_search", "arguments": {"query": last_user}}]
+        if last.get("role") == "user" and tool_names:
+            return None, [_call_first_tool(body.get("tools") or [], last_user)]
         if last.get("role") == "tool":
             return f"Based on the knowledge base: {_content_text(last.get('content'))[:200]}", None
         return f"(stand-in) You said: {last_user}", None

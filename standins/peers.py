@@ -9,6 +9,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import re
 import threading
 import uuid
@@ -61,10 +62,19 @@ class RequestError(Exception):
         self.code, self.message = code, message
 
 
+# Placeholders of the fixture's tool URLs, and the variables that fill them
+# (`run_local` sets them to the stand-in tool servers it starts).
+URL_PLACEHOLDERS = {"{tools_url}": "AES_STANDIN_TOOLS_URL", "{mcp_url}": "AES_STANDIN_MCP_URL"}
+
+
 def load_fixture(path: str | None = None) -> dict:
     """Read the agents/sessions/documents fixture (default: fixtures/dev_peers.json)."""
     with open(path or DEFAULT_FIXTURE, encoding="utf-8") as fh:
-        return json.load(fh)
+        text = fh.read()
+    for placeholder, variable in URL_PLACEHOLDERS.items():
+        if os.environ.get(variable):
+            text = text.replace(placeholder, os.environ[variable].rstrip("/"))
+    return json.loads(text)
 
 
 def conversation_key(session_id: str) -> str:

@@ -8,11 +8,14 @@ Redis or HTTP. The caller turns the raised RunErrors into final statuses.
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from executions.agent import context
 from executions.exceptions import (
     Cancelled,
     EmptyResponse,
@@ -24,15 +27,14 @@ from executions.exceptions import (
 from executions.outcome import LoopResult
 
 SUMMARY_CHARS = 200
+# Seconds between two checks for cancellation while parallel tool calls run.
+TOOLS_POLL_SECONDS = 1.0
 # A call that could write fewer tokens than this within the run's budget is
 # not made: its answer would only be cut.
 MIN_COMPLETION_TOKENS = 16
 # Prompt tokens are estimated before a call (no tokenizer knows every
 # model): the server's count for the last prompt, plus the messages added
-# since at a generous rate per character of their JSON (English text runs
-# near 1/4) and a few tokens each for the chat template's markers.
-TOKENS_PER_CHAR = 1 / 3
-TOKENS_PER_MESSAGE = 8
+# since as context.estimate counts them.
 # An empty final answer is asked for once more, then the run fails.
 EMPTY_ANSWERS_ALLOWED = 1
 
@@ -155,7 +157,31 @@ def replay(messages: list[dict[str, Any]], journal: list[Replayed]) -> LoopState
             result.add_sources(entry.replay.get("sources", []))
             done = message.get("tool_call_id")
             state.pending = [call for call in state.pending if call.id != done]
+    state.messages = in_call_order(state.messages)
     return state
+
+
+def in_call_order(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return `messages` with each round's tool results in the order the model asked for them.
+
+    Parallel calls are journaled as they complete; the model gets their
+    results in its own order.
+    """
+    ordered: list[dict[str, Any]] = []
+    order: dict[str, int] = {}
+    results: list[dict[str, Any]] = []
+    for message in [*messages, {"role": "end"}]:
+        if message.get("role") == "tool":
+            results.append(message)
+            continue
+        ordered.extend(sorted(results, key=lambda m: order.get(m.get("tool_call_id"), len(order))))
+        results = []
+        if message.get("role") == "end":
+            break
+        ordered.append(message)
+        calls = message.get("tool_calls") or []
+        order = {call["id"]: index for index, call in enumerate(calls)}
+    return ordered
 
 
 # (messages, tool schemas, timeout seconds, max completion tokens) -> Completion
@@ -174,6 +200,11 @@ class AgentLoop:
     # Raises Cancelled when the run was cancelled; checked before every step.
     check_cancelled: Callable[[], None] = lambda: None
     clock: Callable[[], float] = time.monotonic
+    # Tokens one request may hold (None: no limit), and the (start, end) of
+    # the session's history in the messages run() is given: what may be
+    # dropped first to fit (executions/agent/context.py).
+    context_window: int | None = None
+    history: tuple[int, int] = (0, 0)
     # (messages, prompt tokens) of the last call, as the server counted them.
     _last_prompt: tuple[int, int] | None = field(default=None, init=False, repr=False)
 
@@ -200,8 +231,9 @@ class AgentLoop:
                     # Tools asked for on the last call the limits allow are
                     # not run: no call would read their results.
                     self._check_room_for_another_call(messages, schemas, result)
-                    for call in pending:
-                        messages.append(self._call_tool(call, result))
+                    messages.extend(self._call_tools(pending, result))
+                    # A resumed run's journal holds the calls as they completed.
+                    messages = in_call_order(messages)
                 if result.iterations >= self.max_iterations:
                     raise MaxIterations(f"no final answer after {self.max_iterations} LLM calls")
                 completion, budget_bound = self._call_model(messages, schemas, result)
@@ -228,7 +260,7 @@ class AgentLoop:
                 f"no final answer after {self.max_iterations} LLM calls; "
                 "the tools asked for last were not run"
             )
-        self._call_tokens(messages, schemas, result)
+        self._call_tokens(self._fitted(messages, schemas)[0], schemas, result)
 
     def _call_tokens(
         self, messages: list[dict[str, Any]], schemas: list[dict[str, Any]], result: LoopResult
@@ -253,8 +285,8 @@ class AgentLoop:
         """Estimate a request's prompt tokens: the server's last count plus what was added since."""
         if self._last_prompt is not None and len(messages) >= self._last_prompt[0]:
             counted, tokens = self._last_prompt
-            return tokens + _estimate(messages[counted:])
-        return _estimate(messages) + _estimate(schemas)
+            return tokens + context.estimate(messages[counted:])
+        return context.estimate(messages, schemas)
 
     def _calibrate(self, messages: list[dict[str, Any]], prompt_tokens: int) -> None:
         if prompt_tokens > 0:
@@ -273,8 +305,10 @@ class AgentLoop:
         """Make one LLM call; return its answer and whether the token budget bounded it.
 
         Each failed try of the call is a step too, outside the journal: a
-        resumed run neither replays nor counts it.
+        resumed run neither replays nor counts it. The request holds
+        `messages` as they fit the context window.
         """
+        messages = self._fit(messages, schemas)
         max_tokens, budget_bound = self._call_tokens(messages, schemas, result)
         began = self.clock()
         name = f"llm_call_{result.iterations + 1}"
@@ -329,6 +363,74 @@ class AgentLoop:
                     duration_ms=attempt.duration_ms,
                 )
             )
+
+    def _fit(
+        self, messages: list[dict[str, Any]], schemas: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Return the messages of the next request, within the context window, noting any cut."""
+        fitted, trimmed = self._fitted(messages, schemas)
+        if trimmed is not None:
+            self.save_step(Step(kind="note", name="context_trimmed", output=trimmed.summary()))
+        return fitted
+
+    def _fitted(
+        self, messages: list[dict[str, Any]], schemas: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], context.Trimmed | None]:
+        if self.context_window is None:
+            return messages, None
+        # The answer's room: the call's own cap (the run's budget is
+        # reckoned on the fitted request after).
+        return context.fit(
+            messages,
+            schemas,
+            context_window=self.context_window,
+            reserve=self.max_call_tokens or 0,
+            history=self.history,
+        )
+
+    def _call_tools(self, calls: list[ToolCall], result: LoopResult) -> list[dict[str, Any]]:
+        """Run the tool calls of one model answer at once; return their results in its order.
+
+        Each call runs `_call_tool` in a thread of its own with a private
+        result and step list; this thread records the steps as calls
+        complete (the journal: a completed call is not made again on
+        resume) and waits no longer than the run's deadline.
+        """
+        if len(calls) <= 1:
+            return [self._call_tool(call, result) for call in calls]
+        self._remaining()
+        done: queue.Queue[tuple[int, dict[str, Any] | None, LoopResult, list[Step], Any]]
+        done = queue.Queue()
+
+        def run_one(index: int, call: ToolCall) -> None:
+            own, steps = LoopResult(), []
+            try:
+                message = replace(self, save_step=steps.append)._call_tool(call, own)
+                done.put((index, message, own, steps, None))
+            except BaseException as exc:  # handed to the loop's thread, raised there
+                done.put((index, None, own, steps, exc))
+
+        for index, call in enumerate(calls):
+            name = f"tool-{call.name}"[:60]
+            threading.Thread(target=run_one, args=(index, call), name=name, daemon=True).start()
+        messages: list[dict[str, Any] | None] = [None] * len(calls)
+        for _ in calls:
+            index, message, own, steps, error = self._next_done(done)
+            for step in steps:
+                self.save_step(step)
+            result.tool_calls.extend(own.tool_calls)
+            result.add_sources(own.sources)
+            if error is not None:
+                raise error
+            messages[index] = message
+        return [m for m in messages if m is not None]
+
+    def _next_done(self, done: queue.Queue) -> Any:
+        while True:
+            try:
+                return done.get(timeout=min(TOOLS_POLL_SECONDS, self._remaining()))
+            except queue.Empty:
+                continue
 
     def _call_tool(self, call: ToolCall, result: LoopResult) -> dict[str, Any]:
         self._remaining()
@@ -451,10 +553,6 @@ def _check_empty(completion: Completion, empty_answers: int) -> None:
     )
     error.stop_reason = "error" if reason == "stop" else reason
     raise error
-
-
-def _estimate(items: list[dict[str, Any]]) -> int:
-    return sum(int(len(json.dumps(item)) * TOKENS_PER_CHAR) + TOKENS_PER_MESSAGE for item in items)
 
 
 def _ms(seconds: float) -> int:

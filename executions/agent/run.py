@@ -61,6 +61,7 @@ def run(execution: Execution, tier: Tier) -> Outcome:
         session_id=execution.session_id,
     )
     result: LoopResult | None = None
+    toolbox: tools.ToolContext | None = None
     release_connection()
     try:
         # A resumed run was counted when it started.
@@ -86,14 +87,15 @@ def run(execution: Execution, tier: Tier) -> Outcome:
                 deadline,
             )
         context = (execution.request.get("execution_context") or {}).get("collections")
-        toolset, notes = tools.build(
-            tools.ToolContext(caller, agent, agent.collection_ids or context or []),
-            limits["max_tools"],
+        toolbox = tools.ToolContext(
+            caller, agent, agent.collection_ids or context or [], deadline=deadline
         )
+        toolset, notes = tools.build(toolbox, limits["max_tools"])
         if not resumed:
             for note in notes:
                 save_step(execution, note)
         check_cancelled = lifecycle.run_checker(execution)
+        prompt = _prompt(agent, data, history)
         loop = AgentLoop(
             complete=_without_connection(
                 llm.completer(
@@ -110,8 +112,10 @@ def run(execution: Execution, tier: Tier) -> Outcome:
             max_call_tokens=min(agent.max_tokens or limits["max_tokens"], limits["max_tokens"]),
             max_run_tokens=limits["max_tokens"],
             check_cancelled=check_cancelled,
+            context_window=agent.context_window or settings.AES_DEFAULT_CONTEXT_WINDOW,
+            history=_history_span(prompt, history),
         )
-        result = loop.run(_prompt(agent, data, history), journal)
+        result = loop.run(prompt, journal)
         if settings.AES_LOG_CONTENT:
             log.info("message %r answered %r", data.message, result.response)
         if not (resumed and _messages_saved(execution)):
@@ -130,6 +134,9 @@ def run(execution: Execution, tier: Tier) -> Outcome:
     except Exception as exc:
         log.exception("execution %s crashed", execution.id)
         return Outcome.internal(type(exc).__name__)
+    finally:
+        if toolbox is not None:
+            toolbox.close()
 
 
 def _check_permissions(tier: Tier, agent: AgentConfig) -> None:
@@ -163,6 +170,12 @@ def _prompt(agent: AgentConfig, data: AgentRunData, history: list) -> list[dict[
         messages.append({"role": "user", "content": user_info_block(data.user_info)})
     messages.append({"role": "user", "content": data.message})
     return messages
+
+
+def _history_span(prompt: list[dict[str, Any]], history: list) -> tuple[int, int]:
+    """Return where `_prompt` put the history: what may be dropped first to fit the context."""
+    start = 1 if prompt and prompt[0]["role"] == "system" else 0
+    return start, start + len(history)
 
 
 def user_info_block(user_info: dict[str, Any]) -> str:

@@ -1,23 +1,30 @@
 """The tools an agent may use: a name, a JSON schema and a function each.
 
-`build` picks an agent's tools within its tier's `max_tools`; a tool the
-agent names that is unknown or over the limit is left out with a note.
+`build` picks an agent's tools, in order: the built-ins named in `tools`,
+then its `http_tools`, then its MCP servers' tools, within its tier's
+`max_tools`; a tool that is unknown, misnamed, a second of its name or over
+the limit is left out with a note, and so is an MCP server that cannot list
+its tools.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 from pydantic import ValidationError
 
-from executions.agent import peers
+from aes_project.outbound import HostPolicy
+from executions.agent import mcp_tools, peers
+from executions.agent.http_tools import HttpTool
 from executions.agent.loop import Step, ToolResult
-from executions.exceptions import UpstreamError
+from executions.exceptions import RunError, UpstreamError
 from protocol.messages import (
     EMBEDDING,
     ES_REQUEST,
@@ -33,13 +40,31 @@ from protocol.messages import (
 DEFAULT_TOP_K = 5
 
 
+# The function names Chat Completions accepts.
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def policy() -> HostPolicy:
+    """Return the hosts tools may call (AES_TOOL_ALLOWED_HOSTS)."""
+    return HostPolicy.from_setting(settings.AES_TOOL_ALLOWED_HOSTS)
+
+
 @dataclass
 class ToolContext:
-    """What a tool may need about the run it serves."""
+    """What a tool may need about the run it serves; `close` it when the run ends."""
 
     caller: peers.Caller
     agent: AgentConfig
     collections: list[str]
+    deadline: float = math.inf  # on time.monotonic
+    # The run's MCP sessions: none is opened until a server is used.
+    connections: mcp_tools.Connections = field(
+        default_factory=lambda: mcp_tools.Connections(policy())
+    )
+
+    def close(self) -> None:
+        """Close what the run's tools opened (its MCP sessions)."""
+        self.connections.close()
 
 
 class KnowledgeSearch:
@@ -120,13 +145,63 @@ def build(context: ToolContext, max_tools: int | None) -> tuple[dict[str, Any], 
     """Return the agent's usable tools by name, and a note for each one left out."""
     tools: dict[str, Any] = {}
     notes: list[Step] = []
-    for name in dict.fromkeys(context.agent.tools):
-        if name not in REGISTRY:
-            notes.append(_skipped(name, f"unknown tool {name!r} left out"))
-        elif max_tools is not None and len(tools) >= max_tools:
+    agent = context.agent
+
+    def full() -> bool:
+        return max_tools is not None and len(tools) >= max_tools
+
+    def offer(name: str, make: Callable[[], Any]) -> None:
+        if not TOOL_NAME.fullmatch(name):
+            why = f"tool {name!r} left out: a name is 1-64 of A-Z a-z 0-9 _ -"
+            notes.append(_skipped(name, why))
+        elif name in tools:
+            notes.append(_skipped(name, f"tool {name!r} left out: another tool has that name"))
+        elif full():
             notes.append(_skipped(name, f"tool {name!r} left out: the tier allows {max_tools}"))
         else:
-            tools[name] = REGISTRY[name](context)
+            tools[name] = make()
+
+    for name in dict.fromkeys(agent.tools):
+        if name not in REGISTRY:
+            notes.append(_skipped(name, f"unknown tool {name!r} left out"))
+        else:
+            offer(name, lambda name=name: REGISTRY[name](context))
+    for spec in agent.http_tools:
+        offer(spec.name, lambda spec=spec: HttpTool(spec, context.connections.policy))
+    for server in agent.mcp_servers:
+        if full():
+            # Not listed at all: nothing of it could be offered.
+            why = f"MCP server {server.name!r} left out: the tier allows {max_tools} tools"
+            notes.append(
+                Step(kind="note", name="tool_skipped", input={"server": server.name}, error=why)
+            )
+            continue
+        try:
+            listed = mcp_tools.list_tools(
+                server, context.caller.tenant_id, context.connections, context.deadline
+            )
+        except RunError as exc:
+            notes.append(
+                Step(
+                    kind="note",
+                    name="mcp_server_unavailable",
+                    input={"server": server.name},
+                    error=f"{exc.code}: {exc.message}",
+                )
+            )
+            continue
+        names = {tool["name"] for tool in listed}
+        for missing in [t for t in server.allowed_tools or [] if t not in names]:
+            name = f"{server.name}{mcp_tools.SEPARATOR}{missing}"
+            notes.append(_skipped(name, f"unknown tool {name!r} left out: the server lists none"))
+        for tool in listed:
+            if server.allowed_tools is None or tool["name"] in server.allowed_tools:
+                offer(
+                    f"{server.name}{mcp_tools.SEPARATOR}{tool['name']}",
+                    lambda tool=tool, server=server: mcp_tools.McpTool(
+                        server, tool, context.connections
+                    ),
+                )
     return tools, notes
 
 

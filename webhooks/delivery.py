@@ -112,8 +112,6 @@ def _post(http: httpx2.Client, url: str, body: str, headers: dict[str, str]) -> 
         location = response.headers.get("location")
         if response.status_code not in _SAME_METHOD or not location:
             return response.status_code
-        # Joined to the URL as given: the request's own URL names the address
-        # the policy pinned it to, not the host.
         url = str(httpx2.URL(url).join(location))
     return response.status_code
 

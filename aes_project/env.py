@@ -46,3 +46,17 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None:
         return list(default)
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_floats(name: str, default: list[float]) -> list[float]:
+    """Return a comma-separated list of positive numbers."""
+    numbers = []
+    for item in env_list(name, [str(number) for number in default]):
+        try:
+            number = float(item)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} must list numbers, got {item!r}") from None
+        if not 0 < number < float("inf"):
+            raise ImproperlyConfigured(f"{name} must list positive numbers, got {item!r}")
+        numbers.append(number)
+    return numbers

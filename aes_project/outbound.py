@@ -101,8 +101,13 @@ class _CheckedTransport(httpx2.HTTPTransport):
         self._policy = policy
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        _pin(request, self._policy.check(str(request.url)))
-        return super().handle_request(request)
+        url = request.url
+        _pin(request, self._policy.check(str(url)))
+        try:
+            return super().handle_request(request)
+        finally:
+            # The client resolves a relative redirect against this URL.
+            request.url = url
 
 
 class _AsyncCheckedTransport(httpx2.AsyncHTTPTransport):
@@ -112,9 +117,13 @@ class _AsyncCheckedTransport(httpx2.AsyncHTTPTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         # Name resolution blocks: off the event loop.
-        address = await anyio.to_thread.run_sync(self._policy.check, str(request.url))
+        url = request.url
+        address = await anyio.to_thread.run_sync(self._policy.check, str(url))
         _pin(request, address)
-        return await super().handle_async_request(request)
+        try:
+            return await super().handle_async_request(request)
+        finally:
+            request.url = url
 
 
 def _pin(request: httpx2.Request, address: Address) -> None:

@@ -15,7 +15,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from aes_project import embedded_redis, logs, outbound
-from aes_project.env import env_bool, env_float, env_list, env_str
+from aes_project.env import env_bool, env_float, env_floats, env_list, env_str
 from protocol.keys import DJANGO_CACHE_PREFIX
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "llm_models",
     "executions",
     "tokens",
+    "webhooks",
     "workers",
     "standins",
 ]
@@ -251,6 +252,18 @@ AES_RUNS_PER_WORKER = int(env_float("AES_RUNS_PER_WORKER", 500, minimum=1))
 # Bytes above which a queued message is refused without parsing.
 AES_MAX_MESSAGE_BYTES = int(env_float("AES_MAX_MESSAGE_BYTES", 1024 * 1024, minimum=1024))
 
+# --- Webhooks ----------------------------------------------------------------
+
+# Seconds one webhook request may wait to connect, to send, or for its answer.
+AES_WEBHOOK_TIMEOUT_SECONDS = env_float("AES_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# Seconds from a failed webhook attempt to the next, one per retry: Standard
+# Webhooks' schedule, 8 attempts over 27.5 hours, then the delivery is given up.
+AES_WEBHOOK_RETRY_SECONDS = env_floats(
+    "AES_WEBHOOK_RETRY_SECONDS", [5, 300, 1800, 7200, 18000, 36000, 36000]
+)
+# Webhooks each run_execution_worker sends at once.
+AES_WEBHOOK_CONCURRENCY = int(env_float("AES_WEBHOOK_CONCURRENCY", 8, minimum=1))
+
 # --- API ---------------------------------------------------------------------
 
 # Proxies in front of the web processes, each appending the address it saw to
@@ -306,6 +319,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Runs and webhooks both have a `status`, of different choices.
+    "ENUM_NAME_OVERRIDES": {
+        "ExecutionStatusEnum": "executions.models.Status",
+        "WebhookStatusEnum": "webhooks.models.Webhook.Status",
+    },
 }
 
 # DRF throttle counts, shared by every web process.

@@ -7,6 +7,7 @@ from django.utils.http import urlencode
 from executions import charts, metrics, outbox
 from executions.models import STEP_FIELDS, Execution, ExecutionStep
 from tiers import lookup
+from webhooks.models import Webhook
 
 
 class ExecutionStepInline(admin.TabularInline):
@@ -30,6 +31,18 @@ def _charts(day: dict) -> list[charts.Chart]:
             "Cost", " USD", hours, {"cost": day["cost_usd"]}, fmt=lambda v: f"{v:.6f}", whole=False
         ),
     ]
+
+
+class WebhookInline(admin.TabularInline):
+    model = Webhook
+    extra = 0
+    can_delete = False
+    show_change_link = True  # to its attempts, and to send it again
+    fields = ("event_id", "url", "status", "next_attempt_at", "delivered_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(Execution)
@@ -64,7 +77,7 @@ class ExecutionAdmin(admin.ModelAdmin):
     actions = ["resend_callback"]
     search_fields = ("task_id", "session_id", "action_id")
     date_hierarchy = "queued_at"
-    inlines = [ExecutionStepInline]
+    inlines = [ExecutionStepInline, WebhookInline]
     readonly_fields = ("session_history",)
 
     @admin.display(description="Session")

@@ -17,11 +17,13 @@ from typing import Any
 from django.conf import settings
 from pydantic import ValidationError
 
+from aes_project.outbound import RefusedURL
 from protocol import keys
 from protocol.messages import AgentRunData, DomainAction, describe
 from protocol.storable import UNSTORABLE
 from tiers import lookup
 from tiers.models import Tier
+from webhooks import hosts
 
 # Levels of objects and arrays a message may nest (the envelope and `data`
 # use three; the rest is room for `metadata` and `user_info`).
@@ -99,6 +101,13 @@ def agent_run(action: DomainAction, request: dict[str, Any]) -> AgentRun:
         raise Refused(
             "INVALID_ACTION", f"unknown tenant_tier {action.tenant_tier!r}", "tenant_tier"
         )
+    if data.webhook_url is not None:
+        try:
+            hosts.check(data.webhook_url)
+        except RefusedURL as exc:
+            raise Refused(
+                "INVALID_ACTION", f"data.webhook_url: {exc}", "data.webhook_url"
+            ) from None
     return AgentRun(action, data, agent_id, request, tier)
 
 

@@ -27,6 +27,8 @@ from aes_project import redis_clients
 from executions import metrics
 from executions.permissions import StaffOrTenantToken, is_tenant
 from tiers import lookup
+from webhooks import metrics as webhook_metrics
+from webhooks.models import Webhook, WebhookAttempt
 
 
 class MetricsView(APIView):
@@ -89,6 +91,27 @@ class ServiceCollector:
         yield GaugeMetricFamily(
             "aes_rq_workers", "Live RQ workers.", value=Worker.count(redis_clients.shared())
         )
+        yield from _webhook_families()
+
+
+def _webhook_families():
+    counts = webhook_metrics.read()
+    attempts = CounterMetricFamily(
+        "aes_webhook_attempts", "Webhook delivery attempts by outcome.", labels=["outcome"]
+    )
+    for outcome in WebhookAttempt.Outcome.values:
+        attempts.add_metric([outcome], counts.get(outcome, 0))
+    yield attempts
+    yield CounterMetricFamily(
+        "aes_webhooks_given_up",
+        "Webhooks whose retries ran out without a 2xx answer.",
+        value=counts.get(webhook_metrics.GAVE_UP, 0),
+    )
+    yield GaugeMetricFamily(
+        "aes_webhooks_pending",
+        "Webhooks still to be delivered (due now or retried later).",
+        value=Webhook.objects.filter(status=Webhook.Status.PENDING).count(),
+    )
 
 
 def prometheus_view(request):

@@ -20,6 +20,7 @@ from protocol.messages import (
     ExecutionCallback,
     ExecutionCallbackData,
 )
+from webhooks.models import Webhook
 
 
 class Status(models.TextChoices):
@@ -202,7 +203,8 @@ class Execution(models.Model):
 
         The callback is built from the row as this UPDATE leaves it and
         stored with the status, so whoever wins the transition owns the one
-        callback there will ever be (executions/outbox.py pushes it).
+        callback there will ever be (executions/outbox.py pushes it), and
+        the one webhook when the run asked for one (webhooks/sender.py sends it).
         """
         assert outcome.status in FINAL_STATUSES, outcome.status
         result, now = outcome.result, timezone.now()
@@ -241,7 +243,19 @@ class Execution(models.Model):
             else None,
         )
         callback = ExecutionCallback.answering(self.request, self.tier, data).dump()
-        return self._claim([Status.QUEUED, Status.RUNNING], fence=True, **ended, callback=callback)
+        webhook_url = (self.request.get("data") or {}).get("webhook_url")
+        if not webhook_url:
+            return self._claim(
+                [Status.QUEUED, Status.RUNNING], fence=True, **ended, callback=callback
+            )
+        # The webhook is the callback's second outbox entry: both or neither.
+        with transaction.atomic():
+            won = self._claim(
+                [Status.QUEUED, Status.RUNNING], fence=True, **ended, callback=callback
+            )
+            if won:
+                Webhook.record(self, webhook_url, callback)
+        return won
 
     def _spent(self) -> tuple[str | None, Decimal | None]:
         """Return the model of the run's LLM calls and what they all cost, from its steps.

@@ -30,6 +30,7 @@ from executions.serializers import (
     RunAcceptedSerializer,
 )
 from protocol.messages import RunRequest
+from webhooks.serializers import WebhookSerializer
 
 
 class UtcDateTimeField(IsoDateTimeField):
@@ -114,6 +115,14 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         """The execution's LLM and tool calls, in order."""
         execution = self.get_object()
         return Response(ExecutionStepSerializer(execution.steps.all(), many=True).data)
+
+    @extend_schema(request=None, responses={200: WebhookSerializer(many=True)})
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def webhooks(self, request, pk=None):
+        """The run's webhook deliveries and every attempt: empty until the run has ended."""
+        execution = self.get_object()
+        deliveries = execution.webhooks.prefetch_related("attempts").order_by("created_at")
+        return Response(WebhookSerializer(deliveries, many=True).data)
 
     @extend_schema(request=None, responses={202: CancelSerializer})
     @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)

@@ -14,6 +14,7 @@ CONSUMERS = "execution:consumers"  # set of consumer ids that may hold messages
 REAPER_LOCK = "execution:reaper:lock"
 LIVENESS_LOCK = "execution:liveness:lock"  # one look for lost runs at a time
 METRICS_INDEX = "execution:metrics:index"  # set of the metrics hashes that exist
+WEBHOOK_METRICS = "execution:webhooks:metrics"  # webhook attempts by outcome (webhooks/metrics.py)
 # Followed by a message's SHA-1: how often dead consumers held that message.
 RECOVERED_PREFIX = "execution:recovered:"
 # Django's cache (API throttle counts) keeps its keys under this prefix.

@@ -116,6 +116,8 @@ class AgentRunData(_Incoming):
     timeout: int | None = Field(default=None, ge=1)
     # Also publish the answer as it is written, as `delta` events (§8).
     stream: bool = False
+    # Where the AES also POSTs the run's callback, signed (docs/api.md, "Webhooks").
+    webhook_url: str | None = Field(default=None, min_length=1, max_length=2048)
 
 
 class RunRequest(AgentRunData):

@@ -29,7 +29,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.seen.append({"path": self.path, "host": self.headers["Host"]})
-        if self.server.redirect_to:
+        if self.server.redirect_to and self.path != self.server.redirect_to:
             self.send_response(302)
             self.send_header("Location", self.server.redirect_to)
             self.send_header("Content-Length", "0")
@@ -115,6 +115,19 @@ def test_ports_and_suffixes_must_match() -> None:
     ):
         with pytest.raises(RefusedURL, match="not allowed"):
             policy.check(url)
+
+
+def test_a_relative_redirect_stays_on_the_named_host(serve) -> None:
+    target = serve(redirect_to="/final")
+    port = target.server_address[1]
+    policy = HostPolicy.from_setting(f"localhost:{port}")
+    with policy.client(follow_redirects=True) as client:
+        answer = client.get(f"http://localhost:{port}/start")
+    # Resolved against the address it was sent to, the hop would be refused.
+    assert answer.text == "hello"
+    assert [seen["path"] for seen in target.seen] == ["/start", "/final"]
+    assert {seen["host"] for seen in target.seen} == {f"localhost:{port}"}
+    assert str(answer.request.url) == f"http://localhost:{port}/final"
 
 
 def test_every_redirect_is_checked(serve) -> None:

@@ -16,6 +16,7 @@ from aes_project import redis_clients
 from aes_project.processes import on_stop_signals
 from protocol import keys
 from tiers import lookup
+from webhooks.sender import Sender
 from workers import liveness, reaper
 from workers.consumer import Consumer
 from workers.supervisor import WorkerPool
@@ -43,7 +44,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--burst",
             action="store_true",
-            help="Drain the action lists, then the RQ queues, and exit.",
+            help="Drain the action lists, then the RQ queues, send the webhooks due, and exit.",
         )
 
     def handle(self, *args, rq_workers: int, runs_per_worker: int, burst: bool, **options) -> None:
@@ -71,13 +72,20 @@ class Command(BaseCommand):
                 consumer.run(burst=True)
                 pool.start()
                 pool.wait()
+                Sender(consumer.stopping).drain()
                 return
             pool.start()
             supervisor = threading.Thread(
                 target=self._supervise, args=(pool, consumer), name="supervisor", daemon=True
             )
             supervisor.start()
+            # Webhooks go out beside the consumer, never in its loop or in a run.
+            sender = threading.Thread(
+                target=Sender(consumer.stopping).run, name="webhook-sender", daemon=True
+            )
+            sender.start()
             consumer.run()
+            sender.join(timeout=settings.AES_WEBHOOK_TIMEOUT_SECONDS + 5)
         except redis.ConnectionError as exc:
             self.stderr.write(f"Redis is unreachable: {exc}")
             sys.exit(1)

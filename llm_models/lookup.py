@@ -10,14 +10,12 @@ AES_MODEL_CACHE_SECONDS, so an admin edit is seen everywhere within seconds.
 from __future__ import annotations
 
 import os
-import threading
-import time
 from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models.signals import post_delete, post_save
 
+from aes_project.table_cache import TableCache
 from llm_models.models import LLMModel
 
 MILLION = Decimal(1_000_000)
@@ -51,30 +49,15 @@ class Route:
         ) / MILLION
 
 
-_lock = threading.Lock()
-_cache: tuple[float, dict[str, LLMModel]] | None = None
-# Bumped by clear(): a read that began before an edit must not be cached after it.
-_generation = 0
-
-
-def _rows() -> dict[str, LLMModel]:
-    global _cache
-    cached = _cache
-    if cached is not None and time.monotonic() - cached[0] <= settings.AES_MODEL_CACHE_SECONDS:
-        return cached[1]
-    # Outside the lock, as tiers/lookup.py explains: a thread waiting for a
-    # pooled connection while holding it would deadlock the threaded workers.
-    generation = _generation
-    rows = {row.name: row for row in LLMModel.objects.all()}
-    with _lock:
-        if generation == _generation:
-            _cache = (time.monotonic(), rows)
-    return rows
+_table: TableCache[LLMModel] = TableCache(
+    lambda: {row.name: row for row in LLMModel.objects.all()},
+    lambda: settings.AES_MODEL_CACHE_SECONDS,
+)
 
 
 def resolve(name: str | None) -> Route:
     """Return the route of the model called `name`; raise Unconfigured when its key is missing."""
-    rows = _rows()
+    rows = _table.rows()
     row = rows.get(name or "") or rows.get(settings.AES_DEFAULT_MODEL)
     if row is None:
         return Route(
@@ -106,12 +89,8 @@ def resolve(name: str | None) -> Route:
 
 def clear() -> None:
     """Forget the cached rows (after an edit in this process, and in tests)."""
-    global _cache, _generation
-    with _lock:
-        _cache = None
-        _generation += 1
+    _table.clear()
 
 
 def connect_signals() -> None:
-    post_save.connect(lambda **kwargs: clear(), sender=LLMModel, weak=False)
-    post_delete.connect(lambda **kwargs: clear(), sender=LLMModel, weak=False)
+    _table.clear_on_change(LLMModel)

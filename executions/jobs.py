@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 def run_execution(execution_id: str) -> str:
     """Run one execution to its final status and send its callback; return what happened."""
-    execution = Execution.objects.filter(pk=execution_id).first()
-    if execution is None:
+    try:
+        execution = Execution.objects.get(pk=execution_id)
+    except Execution.DoesNotExist:
         log.warning("job for unknown execution %s dropped", execution_id)
         return "missing"
     attempt = execution.resumes

@@ -41,6 +41,9 @@ class Status(models.TextChoices):
 # before ids took the tenant in keep the ids they had: uuid5 of the action_id.)
 EXECUTION_ID_NAMESPACE = uuid.UUID("6b1f3c1e-5d0a-4f57-9a53-2f6d1b0c7e11")
 
+# The steps' and runs' cost columns keep ten decimal places.
+COST_QUANTUM = Decimal("1e-10")
+
 
 def execution_id_for(tenant_id: str, action_id: str) -> uuid.UUID:
     """Return the id the Execution of the tenant's `action_id` has, or will have."""
@@ -125,6 +128,11 @@ class Execution(models.Model):
             ),
         ]
 
+    # What the LLM calls this instance recorded cost, as (model, cost) pairs:
+    # set by a won `start`, so a first attempt's end adds its costs up
+    # without reading its steps back (None: read them, see `_spent`).
+    _calls: list[tuple[str | None, Decimal | None]] | None = None
+
     def __str__(self) -> str:
         return f"{self.id} ({self.status})"
 
@@ -190,13 +198,16 @@ class Execution(models.Model):
     def start(self, limits: dict[str, Any], timeout_seconds: float) -> bool:
         """Mark the execution running with the tier limits in force; False if not queued."""
         now = timezone.now()
-        return self._claim(
+        started = self._claim(
             [Status.QUEUED],
             status=Status.RUNNING,
             started_at=now,
             deadline_at=now + timedelta(seconds=timeout_seconds),
             limits=limits,
         )
+        if started:
+            self._calls = []
+        return started
 
     def finish(self, outcome: Outcome) -> bool:
         """Record how the run ended and the callback that says so; False if it had ended.
@@ -261,8 +272,16 @@ class Execution(models.Model):
         """Return the model of the run's LLM calls and what they all cost, from its steps.
 
         Every call any attempt made counts, journaled or not: each was paid
-        for. The cost is unknown (None) when any call's price was.
+        for. The cost is unknown (None) when any call's price was. A first
+        attempt started by this instance recorded every call itself.
         """
+        if self._calls is not None and self.resumes == 0:
+            models_used = [model for model, _ in self._calls if model is not None]
+            costs = [cost for _, cost in self._calls]
+            model = max(models_used, default=None)
+            if None in costs:
+                return model, None
+            return model, sum(costs, Decimal(0))
         calls = self.steps.filter(kind=ExecutionStep.Kind.LLM).aggregate(
             calls=Count("id"), priced=Count("cost_usd"), cost=Sum("cost_usd"), model=Max("model")
         )
@@ -281,9 +300,15 @@ class Execution(models.Model):
 
     def add_step(self, kind: str, name: str, **fields: Any) -> ExecutionStep:
         """Record one LLM call, tool call or note of this execution's current attempt."""
-        return ExecutionStep.objects.create(
+        if fields.get("cost_usd") is not None:
+            # As the column keeps it, so a sum here is the database's sum.
+            fields["cost_usd"] = fields["cost_usd"].quantize(COST_QUANTUM)
+        step = ExecutionStep.objects.create(
             execution=self, kind=kind, name=name, attempt=self.resumes + 1, **fields
         )
+        if self._calls is not None and kind == ExecutionStep.Kind.LLM:
+            self._calls.append((step.model, step.cost_usd))
+        return step
 
     def journal(self) -> list[ExecutionStep]:
         """Return the steps a resumed attempt goes on from, in order."""

@@ -1,7 +1,7 @@
 """A run's events (PROTOCOL.md §8): `status`, `step`, `delta` and `done`, in its Redis Stream.
 
-Each event gets the next `seq` of the run from a counter in Redis, in the
-same script as its XADD, so the numbers have no gaps whichever process
+Each event gets the next `seq` of the run from the stream's newest entry, in
+the same script as its XADD, so the numbers have no gaps whichever process
 writes (the consumer, the worker, a resumed attempt's worker). The stream's
 entry ids are `0-{seq}`: reading "the events after N" is `XREAD ... 0-N`.
 
@@ -25,32 +25,31 @@ from aes_project import redis_clients
 from protocol import keys
 from protocol.messages import now_iso
 
-# Lua: appends the event bodies ARGV[first..last] to the stream KEYS[s] with
-# the counter KEYS[s + 1], numbering them on from the counter. A body is a
-# JSON object without its opening brace; its `seq` is put in front. The keys
-# get the live TTL when the counter is new (the run's first events), so a
-# stream whose run never ends still goes; the outbox sets the ended TTL.
+# Lua: appends the event bodies ARGV[first..last] to the stream KEYS[s],
+# numbering them on from its last entry's id (`0-{seq}`: trimming keeps the
+# newest, so the stream is its own counter). A body is a JSON object without
+# its opening brace; its `seq` is put in front. A new stream gets the live
+# TTL, so one whose run never ends still goes; the outbox sets the ended TTL.
 APPEND_FUNCTION = """
 local function append_events(s, first, last)
-  local n = last - first + 1
-  if n <= 0 then return 0 end
-  local seq = redis.call('INCRBY', KEYS[s + 1], n) - n
-  if seq == 0 then
-    redis.call('EXPIRE', KEYS[s], LIVE_TTL)
-    redis.call('EXPIRE', KEYS[s + 1], LIVE_TTL)
-  end
+  if last < first then return 0 end
+  local seq = 0
+  local newest = redis.call('XREVRANGE', KEYS[s], '+', '-', 'COUNT', 1)[1]
+  if newest then seq = tonumber(string.match(newest[1], '%-(%d+)$')) end
+  local fresh = seq == 0
   for i = first, last do
     seq = seq + 1
     redis.call('XADD', KEYS[s], 'MAXLEN', '~', MAX_LEN, '0-' .. seq,
                'event', '{"seq":' .. seq .. ',' .. ARGV[i])
   end
+  if fresh then redis.call('EXPIRE', KEYS[s], LIVE_TTL) end
   return seq
 end
 """.replace("LIVE_TTL", str(keys.EVENTS_LIVE_TTL_SECONDS)).replace(
     "MAX_LEN", str(keys.EVENTS_MAX_LEN)
 )
 
-# KEYS: stream, counter. ARGV: the event bodies. Returns the last seq.
+# KEYS: stream. ARGV: the event bodies. Returns the last seq.
 _APPEND = APPEND_FUNCTION + "return append_events(1, 1, #ARGV)\n"
 
 STATUS, STEP, DELTA, DONE = "status", "step", "delta", "done"
@@ -106,13 +105,7 @@ class RunEvents:
         """Add the queued events to `pipe`; return them (put them back if it fails)."""
         bodies = self.take()
         if bodies:
-            pipe.eval(
-                _APPEND,
-                2,
-                keys.events(self.execution_id),
-                keys.events_seq(self.execution_id),
-                *bodies,
-            )
+            pipe.eval(_APPEND, 1, keys.events(self.execution_id), *bodies)
         return bodies
 
     def flush(self, *commands: Callable[[Pipeline], Any]) -> list[Any]:

@@ -34,7 +34,7 @@ BUCKETS_MS = (100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 3000
 
 
 def increments(execution: Execution) -> list[tuple[str, int]]:
-    """Return the (field, amount) pairs one ended run adds to its hash."""
+    """Return the (field, amount) pairs one ended run adds to its hash, its status count first."""
     duration = execution.duration_ms or 0
     bucket = next((bound for bound in BUCKETS_MS if duration <= bound), "inf")
     counts = [

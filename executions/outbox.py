@@ -28,27 +28,33 @@ log = logging.getLogger(__name__)
 # crash between the push and marking the row sent does not send it twice; a
 # push that fails (the queue holds another type) leaves the run counted and
 # the push to be tried again, since its LPUSH error aborts nothing before it.
-# KEYS: outbox hash, metrics hash, metrics index, events stream, events
-# counter[, callback queue]. ARGV: hash TTL, callback JSON, the events' ended
-# TTL, N, N event bodies ending with `done` (N = 0: no events), then metric
-# field and amount pairs.
+# KEYS: outbox hash, metrics hash, metrics index, events stream[, callback
+# queue]. ARGV: hash TTL, callback JSON, the events' ended TTL, N, N event
+# bodies ending with `done` (N = 0: no events), then metric field and amount
+# pairs (metrics.increments: the status count first).
 _OUTBOX = (
     events.APPEND_FUNCTION
     + """
-if redis.call('HSETNX', KEYS[1], 'counted', '1') == 1 then
-  redis.call('SADD', KEYS[3], KEYS[2])
+local first_time = redis.call('HSETNX', KEYS[1], 'counted', '1') == 1
+if first_time then
   local first = 5 + tonumber(ARGV[4])
-  for i = first, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  -- The first pair counts the run's status (1): its first count may be a
+  -- new hash's, which the index then learns of.
+  if redis.call('HINCRBY', KEYS[2], ARGV[first], 1) == 1 then
+    redis.call('SADD', KEYS[3], KEYS[2])
+  end
+  for i = first + 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
   -- The run's end is counted once, and so is its `done` written once.
   if tonumber(ARGV[4]) > 0 then
     append_events(4, 5, 4 + tonumber(ARGV[4]))
     redis.call('EXPIRE', KEYS[4], ARGV[3])
-    redis.call('EXPIRE', KEYS[5], ARGV[3])
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-if not KEYS[6] or redis.call('HEXISTS', KEYS[1], 'pushed') == 1 then return 0 end
-local pushed = redis.pcall('LPUSH', KEYS[6], ARGV[2])
+if not KEYS[5] then return 0 end
+-- A hash just made has no `pushed`; an older one is asked.
+if not first_time and redis.call('HEXISTS', KEYS[1], 'pushed') == 1 then return 0 end
+local pushed = redis.pcall('LPUSH', KEYS[5], ARGV[2])
 if type(pushed) == 'table' and pushed.err then return redis.error_reply(pushed.err) end
 redis.call('HSET', KEYS[1], 'pushed', '1')
 return 1
@@ -84,7 +90,6 @@ def deliver(execution: Execution, *, again: bool = False) -> bool:
         keys.metrics(execution.tier, execution.tenant_id),
         keys.METRICS_INDEX,
         keys.events(execution_id),
-        keys.events_seq(execution_id),
     ]
     queue = [execution.callback_queue] if execution.callback_queue else []
     amounts = [part for pair in metrics.increments(execution) for part in pair]

@@ -100,11 +100,6 @@ def events(execution_id: str) -> str:
     return f"execution:events:{execution_id}"
 
 
-def events_seq(execution_id: str) -> str:
-    """The last `seq` given to an event of the run, written with each XADD."""
-    return f"execution:events:{execution_id}:seq"
-
-
 def submitted(execution_id: str) -> str:
     """Names the tenant of a run the API submitted, until the consumer records it."""
     return f"execution:submitted:{execution_id}"

@@ -180,7 +180,7 @@ def test_a_late_client_after_expiry_gets_the_steps_and_done_from_the_database(
     web, peers, llm, redis
 ):
     execution = run_one(agent_run(agent_id="support-bot"))
-    redis.delete(keys.events(str(execution.id)), keys.events_seq(str(execution.id)))
+    redis.delete(keys.events(str(execution.id)))
 
     events = Follower(web, execution.id, token()).all()
     assert summary(events) == [(1, "step"), (2, "step"), (3, "step"), (4, "done")]

@@ -120,9 +120,6 @@ def begin(execution: Execution, tier: Tier) -> str | None:
         execution.tenant_id, execution_id, tier.max_concurrent_executions, tier.timeout_seconds
     ):
         return "waiting-for-slot"
-    if is_cancelled(execution_id):
-        conclude(execution, Outcome.from_error(Cancelled("cancelled before it started")))
-        return execution.status
     requested = AgentRunData.model_validate(execution.request["data"]).timeout
     if not execution.start(tier.limits(), min(tier.timeout_seconds, requested or math.inf)):
         return "not-claimed"
@@ -226,11 +223,6 @@ def cancel(execution: Execution) -> bool:
     if execution.status == Status.QUEUED:
         conclude(execution, Outcome.from_error(Cancelled("cancelled while queued")))
     return True
-
-
-def is_cancelled(execution_id: str) -> bool:
-    """Return True when a cancel was requested for the execution."""
-    return bool(redis_clients.shared().exists(keys.cancel_flag(execution_id)))
 
 
 def run_checker(execution: Execution):

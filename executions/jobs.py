@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from aes_project import logs
-from executions import leases, lifecycle, outbox
+from executions import cancels, leases, lifecycle, outbox
 from executions.agent import run
 from executions.exceptions import Superseded
 from executions.models import Execution, Status
@@ -34,6 +34,7 @@ def run_execution(execution_id: str) -> str:
             return _run_execution(execution)
     finally:
         leases.heartbeat().release(execution_id, attempt)
+        cancels.watcher().forget(execution_id)
         # Not held through RQ's own bookkeeping after the job (threaded workers).
         run.release_connection()
 

@@ -16,7 +16,7 @@ import uuid
 import redis
 
 from aes_project import redis_clients
-from executions import admission, events, gates, leases, outbox, queues
+from executions import admission, cancels, events, gates, leases, outbox, queues
 from executions.exceptions import Cancelled, InvalidAction, Superseded
 from executions.models import FINAL_STATUSES, Execution, Status, execution_id_for
 from executions.outcome import Outcome
@@ -126,6 +126,7 @@ def begin(execution: Execution, tier: Tier) -> str | None:
     run_events = events.of(execution)
     run_events.add(events.STATUS, status=Status.RUNNING)
     leases.heartbeat().take(execution_id, execution.resumes, before=run_events.queue_on)
+    cancels.watcher().watch(execution_id)
     return None
 
 
@@ -140,6 +141,7 @@ def take_over(execution: Execution) -> bool:
         return False
     if not leases.heartbeat().take(str(execution.id), execution.resumes):
         return False
+    cancels.watcher().watch(str(execution.id))
     log.warning("execution %s resumed: attempt %d", execution.id, execution.resumes + 1)
     # Sent with the run's next round trip (its first cancel check).
     events.of(execution).add(events.STATUS, status=Status.RUNNING, resumed=True)
@@ -213,13 +215,16 @@ def _session_turn(execution: Execution) -> bool:
 def cancel(execution: Execution) -> bool:
     """Cancel the run: a queued one at once, a running one at its next step.
 
-    Sets `execution:cancel:{id}`, which the running job checks before every
-    step and every second of an LLM call (sending its queued events with
-    the check). Return False when it had ended.
+    Sets `execution:cancel:{id}` and tells every process's cancel watcher
+    (executions/cancels.py), which the running job asks before every step
+    and every second of an LLM call. Return False when it had ended.
     """
     if execution.is_final:
         return False
-    redis_clients.shared().set(keys.cancel_flag(str(execution.id)), "1", ex=CANCEL_FLAG_TTL_SECONDS)
+    pipe = redis_clients.shared().pipeline(transaction=False)
+    pipe.set(keys.cancel_flag(str(execution.id)), "1", ex=CANCEL_FLAG_TTL_SECONDS)
+    cancels.announce(pipe, str(execution.id))
+    pipe.execute()
     if execution.status == Status.QUEUED:
         conclude(execution, Outcome.from_error(Cancelled("cancelled while queued")))
     return True
@@ -229,18 +234,18 @@ def run_checker(execution: Execution):
     """Return the check a running attempt makes before every step and every second it waits.
 
     It raises Superseded once this process's lease on the run was found lost
-    (no Redis command: the heartbeat found it), and Cancelled once a cancel
-    was requested.
+    (the heartbeat found it), and Cancelled once this process's cancel
+    watcher heard of a cancel: neither asks Redis. The run's queued events
+    (the steps recorded since the last check) go out with it.
     """
     heartbeat, execution_id, attempt = leases.heartbeat(), str(execution.id), execution.resumes
-    run_events, flag = events.of(execution), keys.cancel_flag(execution_id)
+    run_events, watcher = events.of(execution), cancels.watcher()
 
     def check() -> None:
         if heartbeat.lost(execution_id, attempt):
             raise Superseded(f"execution {execution_id} is held by a later attempt")
-        # The run's queued events (its last steps) ride with the check.
-        (cancelled,) = run_events.flush(lambda pipe: pipe.exists(flag))
-        if cancelled:
+        run_events.flush()
+        if watcher.cancelled(execution_id):
             raise Cancelled("the run was cancelled")
 
     return check

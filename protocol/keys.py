@@ -82,6 +82,10 @@ def cancel_flag(execution_id: str) -> str:
     return f"execution:cancel:{execution_id}"
 
 
+# The Stream of cancelled runs' ids that every process's watcher follows.
+CANCELS = "execution:cancels"
+
+
 def lease(execution_id: str) -> str:
     """Held by the process running the run, as long as its heartbeat renews it (§9)."""
     return f"execution:lease:{execution_id}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 import redis
 
@@ -93,7 +94,7 @@ class Watcher:
             except redis.RedisError as exc:
                 # The flag stays: a run started meanwhile reads it; this thread catches up.
                 log.warning("cancel watcher: %s; retrying in 1 s", exc)
-                self._wake.wait(1)
+                time.sleep(1)
                 continue
             for _, entries in read:
                 with self._lock:

@@ -107,9 +107,18 @@ def acquire_slot(tenant_id: str, execution_id: str, limit: int | None, hold_seco
     )
 
 
-def release_slot(tenant_id: str, execution_id: str) -> str | None:
-    """Give back a slot (or a place in the waiting list); return the first waiter."""
-    head = redis_clients.shared().eval(
+def release_slot(tenant_id: str, execution_id: str, *, held: bool = True) -> str | None:
+    """Give back a slot (or a place in the waiting list); return the first waiter.
+
+    `held=False` says the run took no slot (it started on a tier without a
+    limit): then only a waiting list can hold it, or wait behind it (a run
+    that waited before the limit was lifted), and without one there is
+    nothing to do, which one EXISTS tells.
+    """
+    client = redis_clients.shared()
+    if not held and not client.exists(keys.slot_waiters(tenant_id)):
+        return None
+    head = client.eval(
         _RELEASE_SLOT, 2, keys.slots(tenant_id), keys.slot_waiters(tenant_id), execution_id
     )
     return head.decode() if head is not None else None

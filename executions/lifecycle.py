@@ -185,7 +185,12 @@ def release(execution: Execution) -> None:
     woken = set()
     if execution.session_id:
         woken.add(gates.leave_session(execution.tenant_id, execution.session_id, me))
-    woken.add(gates.release_slot(execution.tenant_id, me))
+    # A run that started on a tier without a limit took no slot (begin).
+    limits = execution.limits or {}
+    held = (
+        "max_concurrent_executions" not in limits or limits["max_concurrent_executions"] is not None
+    )
+    woken.add(gates.release_slot(execution.tenant_id, me, held=held))
     for execution_id in woken - {None, me}:
         waiting = Execution.objects.filter(pk=execution_id, status=Status.QUEUED).first()
         if waiting is not None:

@@ -7,6 +7,7 @@ import pytest
 from executions import gates, lifecycle
 from executions.models import Execution
 from executions.outcome import Outcome
+from protocol import keys
 from protocol.messages import QS_REQUEST
 from tests.helpers import agent_run, callbacks, consume, push, run_one, work
 from tiers.models import Tier
@@ -125,3 +126,33 @@ def test_a_tier_edit_applies_from_the_next_run_and_runs_keep_their_snapshot(peer
     assert first.limits["max_iterations"] == 3
     assert second.limits["max_iterations"] == 7
     assert second.limits["timeout_seconds"] == 45
+
+
+def test_runs_that_waited_before_a_limit_was_lifted_run_and_leave_no_one_waiting(peers, llm, redis):
+    holders = []
+    for _ in range(2):
+        message = agent_run()
+        push(message)
+        consume()
+        holder = Execution.objects.get(action_id=message["action_id"])
+        assert gates.acquire_slot("tenant-a", str(holder.id), 2, 30)
+        holder.start(Tier.objects.get(name="free").limits(), 30)
+        holders.append(holder)
+    first, second = run_one(agent_run()), run_one(agent_run())
+    assert (first.status, second.status) == ("queued", "queued")
+
+    # The limit is lifted; a holder's end wakes the first waiter, which runs
+    # without a slot, and its own end wakes the second.
+    set_free(max_concurrent_executions=None)
+    lifecycle.conclude(holders[0], Outcome.internal("test: the holder ended"))
+    work()
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.status, second.status) == ("completed", "completed")
+    assert first.limits["max_concurrent_executions"] is None
+    assert redis.lrange(keys.slot_waiters("tenant-a"), 0, -1) == []
+
+    # With the limit back, a new run is not kept behind either of them.
+    set_free(max_concurrent_executions=2)
+    lifecycle.conclude(holders[1], Outcome.internal("test: the holder ended"))
+    assert run_one(agent_run()).status == "completed"

@@ -1,9 +1,12 @@
 """A run's events (PROTOCOL.md §8): `status`, `step`, `delta` and `done`, in its Redis Stream.
 
-Each event gets the next `seq` of the run from the stream's newest entry, in
-the same script as its XADD, so the numbers have no gaps whichever process
-writes (the consumer, the worker, a resumed attempt's worker). The stream's
-entry ids are `0-{seq}`: reading "the events after N" is `XREAD ... 0-N`.
+Each event gets the next `seq` of the run in the same script as its XADD, so
+the numbers have no gaps whichever process writes (the consumer, the worker,
+a resumed attempt's worker). The stream's entry ids are `0-{seq}`: reading
+"the events after N" is `XREAD ... 0-N`. A writer that knows the newest seq
+(it wrote it, or the run is new) says so, and Redis checks it: an explicit
+id at or below the stream's newest is refused, and only then is the newest
+entry read.
 
 A run's events wait in this process (`RunEvents`) for a round trip the run
 makes anyway, and ride in its pipeline: the RQ enqueue for `queued`, the
@@ -25,22 +28,36 @@ from aes_project import redis_clients
 from protocol import keys
 from protocol.messages import now_iso
 
-# Lua: appends the event bodies ARGV[first..last] to the stream KEYS[s],
-# numbering them on from its last entry's id (`0-{seq}`: trimming keeps the
+# Lua: appends the event bodies ARGV[first..last] to the stream KEYS[s] and
+# returns the last one's seq. `known` is the writer's newest seq, or '' when
+# it does not know: the first body is added as the one after it, which Redis
+# refuses when the stream has gone further; then (or when unknown) numbering
+# goes on from the stream's newest entry's id (`0-{seq}`: trimming keeps the
 # newest, so the stream is its own counter). A body is a JSON object without
 # its opening brace; its `seq` is put in front. A new stream gets the live
 # TTL, so one whose run never ends still goes; the outbox sets the ended TTL.
 APPEND_FUNCTION = """
-local function append_events(s, first, last)
+local function add_event(call, s, seq, i)
+  return call('XADD', KEYS[s], 'MAXLEN', '~', MAX_LEN, '0-' .. seq,
+              'event', '{"seq":' .. seq .. ',' .. ARGV[i])
+end
+local function append_events(s, known, first, last)
   if last < first then return 0 end
-  local seq = 0
-  local newest = redis.call('XREVRANGE', KEYS[s], '+', '-', 'COUNT', 1)[1]
-  if newest then seq = tonumber(string.match(newest[1], '%-(%d+)$')) end
-  local fresh = seq == 0
+  local seq = tonumber(known)
+  if seq and type(add_event(redis.pcall, s, seq + 1, first)) == 'table' then seq = nil end
+  local fresh
+  if seq then
+    -- Taken: 0-1 is refused by any stream that ever had an entry.
+    fresh, seq, first = seq == 0, seq + 1, first + 1
+  else
+    seq = 0
+    local newest = redis.call('XREVRANGE', KEYS[s], '+', '-', 'COUNT', 1)[1]
+    if newest then seq = tonumber(string.match(newest[1], '%-(%d+)$')) end
+    fresh = seq == 0
+  end
   for i = first, last do
     seq = seq + 1
-    redis.call('XADD', KEYS[s], 'MAXLEN', '~', MAX_LEN, '0-' .. seq,
-               'event', '{"seq":' .. seq .. ',' .. ARGV[i])
+    add_event(redis.call, s, seq, i)
   end
   if fresh then redis.call('EXPIRE', KEYS[s], LIVE_TTL) end
   return seq
@@ -49,8 +66,8 @@ end
     "MAX_LEN", str(keys.EVENTS_MAX_LEN)
 )
 
-# KEYS: stream. ARGV: the event bodies. Returns the last seq.
-_APPEND = APPEND_FUNCTION + "return append_events(1, 1, #ARGV)\n"
+# KEYS: stream. ARGV: the newest seq known (or ''), the event bodies. Returns the last seq.
+_APPEND = APPEND_FUNCTION + "return append_events(1, ARGV[1], 2, #ARGV)\n"
 
 STATUS, STEP, DELTA, DONE = "status", "step", "delta", "done"
 # The fields of a recorded step that its `step` event carries.
@@ -83,6 +100,10 @@ class RunEvents:
     def __init__(self, execution_id: str) -> None:
         self.execution_id = execution_id
         self._pending: list[str] = []
+        # The stream's newest seq as far as this process knows: only ever a
+        # seq Redis returned (or 0 for a new run), so never beyond the
+        # stream's own, and a guess the script finds stale costs nothing.
+        self._newest: int | None = None
         self._lock = threading.Lock()
 
     def add(self, event_type: str, **fields: Any) -> None:
@@ -90,11 +111,20 @@ class RunEvents:
         with self._lock:
             self._pending.append(body(self.execution_id, event_type, **fields))
 
-    def take(self) -> list[str]:
-        """Return the queued bodies and forget them (the caller sends them)."""
+    def expect_new_stream(self) -> None:
+        """Say the run is new: its first event is seq 1 unless its stream says otherwise."""
+        with self._lock:
+            self._newest = 0
+
+    def take(self) -> tuple[str, list[str]]:
+        """Return the newest seq known ('' if none) and the queued bodies, and forget both.
+
+        The caller sends them through APPEND_FUNCTION.
+        """
         with self._lock:
             bodies, self._pending = self._pending, []
-        return bodies
+            known, self._newest = self._newest, None
+        return ("" if known is None else str(known)), bodies
 
     def put_back(self, bodies: list[str]) -> None:
         """Queue again, ahead of newer ones, bodies whose round trip failed."""
@@ -103,9 +133,9 @@ class RunEvents:
 
     def queue_on(self, pipe: Pipeline) -> list[str]:
         """Add the queued events to `pipe`; return them (put them back if it fails)."""
-        bodies = self.take()
+        known, bodies = self.take()
         if bodies:
-            pipe.eval(_APPEND, 1, keys.events(self.execution_id), *bodies)
+            pipe.eval(_APPEND, 1, keys.events(self.execution_id), known, *bodies)
         return bodies
 
     def flush(self, *commands: Callable[[Pipeline], Any]) -> list[Any]:
@@ -121,7 +151,11 @@ class RunEvents:
         except Exception:
             self.put_back(bodies)
             raise
-        return results[1:] if bodies else results
+        if not bodies:
+            return results
+        with self._lock:
+            self._newest = int(results[0])
+        return results[1:]
 
 
 def of(execution: Any) -> RunEvents:

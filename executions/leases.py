@@ -70,18 +70,26 @@ class Heartbeat:
         self._wake = threading.Event()
 
     def take(
-        self, execution_id: str, attempt: int, *, before: Callable[[Pipeline], Any] | None = None
+        self,
+        execution_id: str,
+        attempt: int,
+        *,
+        send: Callable[[Callable[[Pipeline], Any]], list[Any]] | None = None,
     ) -> bool:
         """Take the run's lease for `attempt`; False when another holder has it.
 
-        `before` adds commands to send ahead of it, in the same round trip.
+        `send` sends the lease's command in a round trip of the caller's and
+        returns that round trip's results, the lease's last (RunEvents.flush).
         """
         lease = (execution_id, str(attempt))
-        pipe = redis_clients.shared().pipeline(transaction=False)
-        if before is not None:
-            before(pipe)
-        pipe.set(keys.lease(execution_id), lease[1], nx=True, px=_ttl_ms())
-        taken = pipe.execute()[-1]
+
+        def command(pipe: Pipeline) -> Any:
+            return pipe.set(keys.lease(execution_id), lease[1], nx=True, px=_ttl_ms())
+
+        if send is None:
+            taken = command(redis_clients.shared())
+        else:
+            taken = send(command)[-1]
         if not taken:
             return False
         with self._lock:

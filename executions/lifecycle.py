@@ -100,6 +100,7 @@ def accept(run: admission.AgentRun, tier: str) -> Execution:
     known = run.tier if run.tier.name == tier else None
     if created:
         run_events = events.of(execution)
+        run_events.expect_new_stream()
         run_events.add(events.STATUS, status=Status.QUEUED)
         queues.enqueue(execution, tier=known, known_new=True, also=run_events.queue_on)
     elif execution.status == Status.QUEUED:
@@ -125,7 +126,7 @@ def begin(execution: Execution, tier: Tier) -> str | None:
         return "not-claimed"
     run_events = events.of(execution)
     run_events.add(events.STATUS, status=Status.RUNNING)
-    leases.heartbeat().take(execution_id, execution.resumes, before=run_events.queue_on)
+    leases.heartbeat().take(execution_id, execution.resumes, send=run_events.flush)
     cancels.watcher().watch(execution_id)
     return None
 

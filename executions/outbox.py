@@ -29,15 +29,16 @@ log = logging.getLogger(__name__)
 # push that fails (the queue holds another type) leaves the run counted and
 # the push to be tried again, since its LPUSH error aborts nothing before it.
 # KEYS: outbox hash, metrics hash, metrics index, events stream[, callback
-# queue]. ARGV: hash TTL, callback JSON, the events' ended TTL, N, N event
-# bodies ending with `done` (N = 0: no events), then metric field and amount
-# pairs (metrics.increments: the status count first).
+# queue]. ARGV: hash TTL, callback JSON, the events' ended TTL, N, the
+# stream's newest seq if known (or ''), N event bodies ending with `done`
+# (N = 0: no events), then metric field and amount pairs (metrics.increments:
+# the status count first).
 _OUTBOX = (
     events.APPEND_FUNCTION
     + """
 local first_time = redis.call('HSETNX', KEYS[1], 'counted', '1') == 1
 if first_time then
-  local first = 5 + tonumber(ARGV[4])
+  local first = 6 + tonumber(ARGV[4])
   -- The first pair counts the run's status (1): its first count may be a
   -- new hash's, which the index then learns of.
   if redis.call('HINCRBY', KEYS[2], ARGV[first], 1) == 1 then
@@ -46,7 +47,7 @@ if first_time then
   for i = first + 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
   -- The run's end is counted once, and so is its `done` written once.
   if tonumber(ARGV[4]) > 0 then
-    append_events(4, 5, 4 + tonumber(ARGV[4]))
+    append_events(4, ARGV[5], 6, 5 + tonumber(ARGV[4]))
     redis.call('EXPIRE', KEYS[4], ARGV[3])
   end
 end
@@ -95,7 +96,7 @@ def deliver(execution: Execution, *, again: bool = False) -> bool:
     amounts = [part for pair in metrics.increments(execution) for part in pair]
     # A re-send on purpose is not a second end: the run's events stay as they were.
     run_events = events.of(execution)
-    bodies = [] if again else run_events.take()
+    known, bodies = ("", []) if again else run_events.take()
     if not again:
         bodies.append(events.body(execution_id, events.DONE, callback=execution.callback["data"]))
     try:
@@ -109,6 +110,7 @@ def deliver(execution: Execution, *, again: bool = False) -> bool:
                 json.dumps(execution.callback),
                 keys.EVENTS_ENDED_TTL_SECONDS,
                 len(bodies),
+                known,
                 *bodies,
                 *amounts,
             )

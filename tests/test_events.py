@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from executions import outbox
+from executions import events, outbox
 from executions.models import Execution
 from protocol import keys
 from tests.helpers import agent_run, callbacks, consume, push, run_one, work
@@ -63,3 +63,45 @@ def test_a_callback_sent_again_writes_no_second_done(peers, llm, redis):
     assert len(callbacks()) == 2
     types = [e["type"] for e in stream_events(redis, execution.id)]
     assert types == ["status", "status", "step", "done"]
+
+
+def test_writers_whose_knowledge_of_the_stream_is_stale_still_number_without_gaps(redis):
+    # Two processes' views of one run: each knows only the seqs it wrote.
+    execution_id = "3f0c6a52-0d8e-4a8e-9d51-7d3c1f1b2a10"
+    here, there = events.RunEvents(execution_id), events.RunEvents(execution_id)
+    here.expect_new_stream()
+    here.add(events.STATUS, status="queued")
+    here.flush()
+    there.add(events.STATUS, status="running")
+    there.add(events.DELTA, text="a")
+    there.flush()  # knows nothing: reads the stream's newest
+    here.add(events.DELTA, text="b")
+    here.flush()  # its newest (1) is stale: refused, then read
+    there.add(events.DELTA, text="c")
+    there.flush()  # its newest (3) is stale too
+    here.add(events.DELTA, text="d")
+    here.flush()  # knows 5 from its own last write: taken as is
+
+    written = stream_events(redis, execution_id)
+    assert [e["seq"] for e in written] == [1, 2, 3, 4, 5, 6]
+    assert [e.get("text") or e["status"] for e in written] == [
+        "queued",
+        "running",
+        "a",
+        "b",
+        "c",
+        "d",
+    ]
+    assert 0 < redis.ttl(keys.events(execution_id)) <= keys.EVENTS_LIVE_TTL_SECONDS
+
+
+def test_a_run_said_to_be_new_whose_stream_exists_goes_on_from_it(redis):
+    execution_id = "7a4d0b1e-52c3-4b6f-8e0a-1c9d2e3f4a5b"
+    earlier = events.RunEvents(execution_id)
+    earlier.add(events.STATUS, status="queued")
+    earlier.flush()
+    again = events.RunEvents(execution_id)
+    again.expect_new_stream()
+    again.add(events.STATUS, status="running")
+    again.flush()
+    assert [e["seq"] for e in stream_events(redis, execution_id)] == [1, 2]

@@ -123,7 +123,9 @@ class RunEvents:
         """
         with self._lock:
             bodies, self._pending = self._pending, []
-            known, self._newest = self._newest, None
+            known = self._newest
+            if bodies:
+                self._newest = None  # until the append's answer says
         return ("" if known is None else str(known)), bodies
 
     def put_back(self, bodies: list[str]) -> None:

@@ -105,3 +105,13 @@ def test_a_run_said_to_be_new_whose_stream_exists_goes_on_from_it(redis):
     again.add(events.STATUS, status="running")
     again.flush()
     assert [e["seq"] for e in stream_events(redis, execution_id)] == [1, 2]
+
+
+def test_a_flush_with_nothing_to_send_keeps_what_the_writer_knows(redis):
+    execution_id = "0b9e8d7c-6a5f-4e3d-8c2b-1a0f9e8d7c6b"
+    writer = events.RunEvents(execution_id)
+    writer.expect_new_stream()
+    writer.add(events.STATUS, status="queued")
+    writer.flush()
+    writer.flush()  # nothing queued: no round trip, and the newest seq is still known
+    assert writer.take() == ("1", [])

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def run_execution(execution_id: str) -> str:
     """Run one execution to its final status and send its callback; return what happened."""
     try:
-        execution = Execution.objects.get(pk=execution_id)
+        execution = Execution.load(execution_id)
     except Execution.DoesNotExist:
         log.warning("job for unknown execution %s dropped", execution_id)
         return "missing"

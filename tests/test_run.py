@@ -202,3 +202,16 @@ def test_a_redelivered_job_does_not_run_twice(peers, llm):
     assert run_execution(str(execution.id)) == "completed"
     assert len(callbacks()) == 1
     assert len(llm.requests) == 1
+
+
+def test_a_job_reads_its_execution_as_the_orm_does(peers, llm):
+    push(agent_run())
+    consume()
+    work()
+    stored = Execution.objects.get()
+    loaded = Execution.load(str(stored.id))
+    for field in Execution._meta.concrete_fields:
+        assert getattr(loaded, field.attname) == getattr(stored, field.attname), field.name
+    assert loaded.finished_at.tzinfo is not None and loaded.status == "completed"
+    with pytest.raises(Execution.DoesNotExist):
+        Execution.load("00000000-0000-0000-0000-000000000000")

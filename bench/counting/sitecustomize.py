@@ -45,7 +45,7 @@ class _Counts:
         self.written = 0
 
     def add_sql(self, sql: str) -> None:
-        match = _SQL_SHAPE.match(sql[:400])
+        match = _SQL_SHAPE.match(sql[:2000])  # a SELECT that names every column is long
         shape = f"{match.group(1).upper()} {match.group(2) or ''}".strip() if match else "OTHER"
         with self.lock:
             self.sql[shape] = self.sql.get(shape, 0) + 1

@@ -322,9 +322,10 @@ class Execution(models.Model):
         if fields.get("cost_usd") is not None:
             # As the column keeps it, so a sum here is the database's sum.
             fields["cost_usd"] = fields["cost_usd"].quantize(COST_QUANTUM)
-        step = ExecutionStep.objects.create(
+        step = ExecutionStep(
             execution=self, kind=kind, name=name, attempt=self.resumes + 1, **fields
         )
+        _insert_step(step)
         if self._calls is not None and kind == ExecutionStep.Kind.LLM:
             self._calls.append((step.model, step.cost_usd))
         return step
@@ -356,6 +357,42 @@ def _load_plan(connection: Any) -> tuple[str, list[tuple[int, Any, list]]]:
         sql = f"SELECT {names} FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} = %s"
         plan = _LOAD_PLANS[connection.alias] = (sql, converters)
     return plan
+
+
+def _insert_step(step: ExecutionStep) -> None:
+    """INSERT a new step as `step.save()` would (no signal listens to steps) and set its id.
+
+    A run's every LLM call, tool call and note is one: the statement's text
+    is built once per connection, each field's value prepared as the ORM's.
+    """
+    connection = connections[router.db_for_write(ExecutionStep)]
+    meta = ExecutionStep._meta
+    plan = _INSERT_PLANS.get(connection.alias)
+    if plan is None:
+        quote = connection.ops.quote_name
+        fields = [field for field in meta.concrete_fields if field is not meta.pk]
+        returning = connection.features.can_return_columns_from_insert
+        sql = (
+            f"INSERT INTO {quote(meta.db_table)} "
+            f"({', '.join(quote(field.column) for field in fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))})"
+            + (f" RETURNING {quote(meta.pk.column)}" if returning else "")
+        )
+        plan = _INSERT_PLANS[connection.alias] = (sql, fields, returning)
+    sql, fields, returning = plan
+    params = [field.get_db_prep_save(field.pre_save(step, True), connection) for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if returning:
+            step.pk = cursor.fetchone()[0]
+        else:
+            step.pk = connection.ops.last_insert_id(cursor, meta.db_table, meta.pk.column)
+    step._state.adding, step._state.db = False, connection.alias
+
+
+# `_insert_step`'s statement by connection alias: its SQL, fields and
+# whether it returns the new id.
+_INSERT_PLANS: dict[str, tuple[str, list, bool]] = {}
 
 
 def _update_row(pk: uuid.UUID, where: dict[str, Any], changes: dict[str, Any]) -> int:

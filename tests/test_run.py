@@ -7,7 +7,7 @@ import json
 import pytest
 from rq.job import Job
 
-from executions.models import Execution
+from executions.models import Execution, ExecutionStep
 from protocol import keys
 from protocol.messages import (
     AMS_GET_AGENT_CONFIG,
@@ -215,3 +215,24 @@ def test_a_job_reads_its_execution_as_the_orm_does(peers, llm):
     assert loaded.finished_at.tzinfo is not None and loaded.status == "completed"
     with pytest.raises(Execution.DoesNotExist):
         Execution.load("00000000-0000-0000-0000-000000000000")
+
+
+def test_a_recorded_step_is_the_row_the_database_holds(peers, llm):
+    push(agent_run())
+    consume()
+    work()
+    execution = Execution.objects.get()
+    execution.resumes = 1  # as a resumed attempt records it
+    step = execution.add_step(
+        "tool",
+        "lookup",
+        input={"query": "refunds", "tags": ["a", "b"]},
+        output={"summary": "…"},
+        replay={"tool_call_id": "call_1", "content": "ok"},
+        duration_ms=12,
+    )
+    stored = ExecutionStep.objects.get(pk=step.pk)
+    for field in ExecutionStep._meta.concrete_fields:
+        assert getattr(stored, field.attname) == getattr(step, field.attname), field.name
+    assert (stored.attempt, stored.created_at.tzinfo is not None) == (2, True)
+    assert list(execution.steps.values_list("name", flat=True)) == ["llm_call_1", "lookup"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from datetime import timedelta
@@ -164,7 +165,7 @@ class Execution(models.Model):
         by the ORM per run (which cost a worker about three times the read).
         """
         connection = connections[router.db_for_read(cls)]
-        sql, converters = _load_plan(connection)
+        sql, converters = _load_plan(connection.alias)
         with connection.cursor() as cursor:
             cursor.execute(sql, [cls._meta.pk.get_db_prep_value(pk, connection)])
             row = cursor.fetchone()
@@ -335,28 +336,24 @@ class Execution(models.Model):
         return list(self.steps.filter(replay__isnull=False))
 
 
-# What `Execution.load` selects, and how, by connection alias: its SQL and,
-# per column that needs them, the converters the ORM's compiler would apply.
 _LOADED_FIELDS = [field.attname for field in Execution._meta.concrete_fields]
-_LOAD_PLANS: dict[str, tuple[str, list[tuple[int, Any, list]]]] = {}
 
 
-def _load_plan(connection: Any) -> tuple[str, list[tuple[int, Any, list]]]:
-    plan = _LOAD_PLANS.get(connection.alias)
-    if plan is None:
-        meta, quote = Execution._meta, connection.ops.quote_name
-        columns = [field.get_col(meta.db_table) for field in meta.concrete_fields]
-        converters = []
-        for position, column in enumerate(columns):
-            functions = connection.ops.get_db_converters(column) + column.get_db_converters(
-                connection
-            )
-            if functions:
-                converters.append((position, column, functions))
-        names = ", ".join(quote(column.target.column) for column in columns)
-        sql = f"SELECT {names} FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} = %s"
-        plan = _LOAD_PLANS[connection.alias] = (sql, converters)
-    return plan
+@functools.cache
+def _load_plan(alias: str) -> tuple[str, list[tuple[int, Any, list]]]:
+    """Return what `Execution.load` sends on connection `alias`: its SQL and, per
+    column that needs them, the converters the ORM's compiler would apply."""
+    connection, meta = connections[alias], Execution._meta
+    quote = connection.ops.quote_name
+    columns = [field.get_col(meta.db_table) for field in meta.concrete_fields]
+    converters = []
+    for position, column in enumerate(columns):
+        functions = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+        if functions:
+            converters.append((position, column, functions))
+    names = ", ".join(quote(column.target.column) for column in columns)
+    sql = f"SELECT {names} FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} = %s"
+    return sql, converters
 
 
 def _insert_step(step: ExecutionStep) -> None:
@@ -367,19 +364,7 @@ def _insert_step(step: ExecutionStep) -> None:
     """
     connection = connections[router.db_for_write(ExecutionStep)]
     meta = ExecutionStep._meta
-    plan = _INSERT_PLANS.get(connection.alias)
-    if plan is None:
-        quote = connection.ops.quote_name
-        fields = [field for field in meta.concrete_fields if field is not meta.pk]
-        returning = connection.features.can_return_columns_from_insert
-        sql = (
-            f"INSERT INTO {quote(meta.db_table)} "
-            f"({', '.join(quote(field.column) for field in fields)}) "
-            f"VALUES ({', '.join(['%s'] * len(fields))})"
-            + (f" RETURNING {quote(meta.pk.column)}" if returning else "")
-        )
-        plan = _INSERT_PLANS[connection.alias] = (sql, fields, returning)
-    sql, fields, returning = plan
+    sql, fields, returning = _insert_plan(connection.alias)
     params = [field.get_db_prep_save(field.pre_save(step, True), connection) for field in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -390,9 +375,21 @@ def _insert_step(step: ExecutionStep) -> None:
     step._state.adding, step._state.db = False, connection.alias
 
 
-# `_insert_step`'s statement by connection alias: its SQL, fields and
-# whether it returns the new id.
-_INSERT_PLANS: dict[str, tuple[str, list, bool]] = {}
+@functools.cache
+def _insert_plan(alias: str) -> tuple[str, list, bool]:
+    """Return `_insert_step`'s statement on connection `alias`: its SQL, its
+    fields, and whether it returns the new id."""
+    connection, meta = connections[alias], ExecutionStep._meta
+    quote = connection.ops.quote_name
+    fields = [field for field in meta.concrete_fields if field is not meta.pk]
+    returning = connection.features.can_return_columns_from_insert
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} "
+        f"({', '.join(quote(field.column) for field in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))})"
+        + (f" RETURNING {quote(meta.pk.column)}" if returning else "")
+    )
+    return sql, fields, returning
 
 
 def _update_row(pk: uuid.UUID, where: dict[str, Any], changes: dict[str, Any]) -> int:
@@ -405,16 +402,10 @@ def _update_row(pk: uuid.UUID, where: dict[str, Any], changes: dict[str, Any]) -
     through each field's own preparation for the database, as the ORM's do.
     """
     connection = connections[router.db_for_write(Execution)]
-    shape = (
-        connection.alias,
-        tuple(changes),
-        tuple(
-            (name, len(value) if isinstance(value, list) else None) for name, value in where.items()
-        ),
+    matched = tuple(
+        (name, len(value) if isinstance(value, list) else None) for name, value in where.items()
     )
-    sql = _UPDATE_SQL.get(shape)
-    if sql is None:
-        sql = _UPDATE_SQL[shape] = _update_sql(connection, shape[1], shape[2])
+    sql = _update_sql(connection.alias, tuple(changes), matched)
     fields = Execution._meta
     params = [
         fields.get_field(name).get_db_prep_save(value, connection)
@@ -430,13 +421,11 @@ def _update_row(pk: uuid.UUID, where: dict[str, Any], changes: dict[str, Any]) -
         return cursor.rowcount
 
 
-# The text of each shape of `_update_row`'s statement, by connection alias,
-# changed fields and matched fields (with the length of a matched list).
-_UPDATE_SQL: dict[tuple, str] = {}
-
-
-def _update_sql(connection: Any, changed: tuple[str, ...], matched: tuple) -> str:
-    meta, quote = Execution._meta, connection.ops.quote_name
+@functools.cache
+def _update_sql(alias: str, changed: tuple[str, ...], matched: tuple) -> str:
+    """Return `_update_row`'s statement on connection `alias` for the changed
+    fields and the matched ones (with the length of a matched list)."""
+    meta, quote = Execution._meta, connections[alias].ops.quote_name
     sets = ", ".join(f"{quote(meta.get_field(name).column)} = %s" for name in changed)
     conditions = [f"{quote(meta.pk.column)} = %s"]
     for name, count in matched:

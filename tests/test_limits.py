@@ -94,8 +94,8 @@ def test_an_unlimited_tier_is_not_rate_limited(peers, llm):
     assert set(Execution.objects.values_list("status", flat=True)) == {"completed"}
 
 
-def test_a_run_over_the_concurrency_limit_waits_for_a_slot_and_then_runs(peers, llm):
-    # Two runs of the tenant hold the free tier's two slots.
+def hold_both_free_slots() -> list[Execution]:
+    """Start two runs of tenant-a by hand: they hold the free tier's two slots."""
     holders = []
     for _ in range(2):
         message = agent_run()
@@ -105,6 +105,11 @@ def test_a_run_over_the_concurrency_limit_waits_for_a_slot_and_then_runs(peers, 
         assert gates.acquire_slot("tenant-a", str(holder.id), 2, 30)
         holder.start(Tier.objects.get(name="free").limits(), 30)
         holders.append(holder)
+    return holders
+
+
+def test_a_run_over_the_concurrency_limit_waits_for_a_slot_and_then_runs(peers, llm):
+    holders = hold_both_free_slots()
     llm_calls_before = len(llm.requests)
 
     waiting = run_one(agent_run())
@@ -129,15 +134,7 @@ def test_a_tier_edit_applies_from_the_next_run_and_runs_keep_their_snapshot(peer
 
 
 def test_runs_that_waited_before_a_limit_was_lifted_run_and_leave_no_one_waiting(peers, llm, redis):
-    holders = []
-    for _ in range(2):
-        message = agent_run()
-        push(message)
-        consume()
-        holder = Execution.objects.get(action_id=message["action_id"])
-        assert gates.acquire_slot("tenant-a", str(holder.id), 2, 30)
-        holder.start(Tier.objects.get(name="free").limits(), 30)
-        holders.append(holder)
+    holders = hold_both_free_slots()
     first, second = run_one(agent_run()), run_one(agent_run())
     assert (first.status, second.status) == ("queued", "queued")
 

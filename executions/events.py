@@ -1,12 +1,13 @@
 """A run's events (PROTOCOL.md §8): `status`, `step`, `delta` and `done`, in its Redis Stream.
 
-Each event gets the next `seq` of the run in the same script as its XADD, so
-the numbers have no gaps whichever process writes (the consumer, the worker,
-a resumed attempt's worker). The stream's entry ids are `0-{seq}`: reading
-"the events after N" is `XREAD ... 0-N`. A writer that knows the newest seq
-(it wrote it, or the run is new) says so, and Redis checks it: an explicit
-id at or below the stream's newest is refused, and only then is the newest
-entry read.
+Each event's `seq` is its entry's id in the stream, `0-{seq}`, so the
+numbers have no gaps whichever process writes (the consumer, the worker, a
+resumed attempt's worker), and "the events after N" is `XREAD ... 0-N`. A
+writer adds the next event at the id after the newest seq it knows (it
+wrote it, the run is new, or the run is starting and has only its
+`queued`), and Redis checks it: an explicit id at or below the stream's
+newest is refused, and only then does a script read the newest entry and
+number on from it.
 
 A run's events wait in this process (`RunEvents`) for a round trip the run
 makes anyway, and ride in its pipeline: the RQ enqueue for `queued`, the
@@ -22,6 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from redis.client import Pipeline
 
 from aes_project import redis_clients
@@ -33,18 +35,23 @@ from protocol.messages import now_iso
 # it does not know: the first body is added as the one after it, which Redis
 # refuses when the stream has gone further; then (or when unknown) numbering
 # goes on from the stream's newest entry's id (`0-{seq}`: trimming keeps the
-# newest, so the stream is its own counter). A body is a JSON object without
-# its opening brace; its `seq` is put in front. A new stream gets the live
-# TTL, so one whose run never ends still goes; the outbox sets the ended TTL.
+# newest, so the stream is its own counter). Only seq 1 makes a stream
+# (NOMKSTREAM for the others): a known stream that has gone is numbered
+# afresh, not from where it was. A body is a JSON object without its opening
+# brace; its `seq` is put in front. A new stream gets the live TTL, so one
+# whose run never ends still goes; the outbox sets the ended TTL.
 APPEND_FUNCTION = """
 local function add_event(call, s, seq, i)
-  return call('XADD', KEYS[s], 'MAXLEN', '~', MAX_LEN, '0-' .. seq,
-              'event', '{"seq":' .. seq .. ',' .. ARGV[i])
+  local command = {'XADD', KEYS[s], 'MAXLEN', '~', MAX_LEN, '0-' .. seq,
+                   'event', '{"seq":' .. seq .. ',' .. ARGV[i]}
+  if seq > 1 then table.insert(command, 3, 'NOMKSTREAM') end
+  return call(unpack(command))
 end
 local function append_events(s, known, first, last)
   if last < first then return 0 end
   local seq = tonumber(known)
-  if seq and type(add_event(redis.pcall, s, seq + 1, first)) == 'table' then seq = nil end
+  -- Added, an id comes back; refused, an error; a stream gone, nil.
+  if seq and type(add_event(redis.pcall, s, seq + 1, first)) ~= 'string' then seq = nil end
   local fresh
   if seq then
     -- Taken: 0-1 is refused by any stream that ever had an entry.
@@ -100,9 +107,10 @@ class RunEvents:
     def __init__(self, execution_id: str) -> None:
         self.execution_id = execution_id
         self._pending: list[str] = []
-        # The stream's newest seq as far as this process knows: only ever a
-        # seq Redis returned (or 0 for a new run), so never beyond the
-        # stream's own, and a guess the script finds stale costs nothing.
+        # The stream's newest seq as far as this process knows: a seq Redis
+        # returned, 0 for a new run, or 1 for a run about to start (its
+        # `queued`). Never beyond the stream's own: a guess Redis finds stale
+        # costs a refused XADD, never a gap.
         self._newest: int | None = None
         self._lock = threading.Lock()
 
@@ -115,6 +123,12 @@ class RunEvents:
         """Say the run is new: its first event is seq 1 unless its stream says otherwise."""
         with self._lock:
             self._newest = 0
+
+    def expect_queued_only(self) -> None:
+        """Say the run is starting: its stream should hold only its `queued`, seq 1."""
+        with self._lock:
+            if self._newest is None:
+                self._newest = 1
 
     def take(self) -> tuple[str, list[str]]:
         """Return the newest seq known ('' if none) and the queued bodies, and forget both.
@@ -133,31 +147,69 @@ class RunEvents:
         with self._lock:
             self._pending[:0] = bodies
 
-    def queue_on(self, pipe: Pipeline) -> list[str]:
-        """Add the queued events to `pipe`; return them (put them back if it fails)."""
-        known, bodies = self.take()
-        if bodies:
-            pipe.eval(_APPEND, 1, keys.events(self.execution_id), known, *bodies)
-        return bodies
-
     def flush(self, *commands: Callable[[Pipeline], Any]) -> list[Any]:
-        """Send the queued events, then `commands`, in one round trip; return their results."""
+        """Send `commands` and the queued events in one round trip; return the commands' results."""
         pipe = redis_clients.shared().pipeline(transaction=False)
-        bodies = self.queue_on(pipe)
         for command in commands:
             command(pipe)
-        if not bodies and not commands:
+        return self.execute(pipe)
+
+    def execute(self, pipe: Pipeline) -> list[Any]:
+        """Send `pipe` with the queued events added; return the results of its own commands.
+
+        One event whose seq is known goes as a plain XADD at the next id (a
+        stream's first also gets its TTL); more, or an unknown seq, go through
+        the script. A plain XADD that Redis refuses (the stream went further,
+        or is gone) is sent again through the script, knowing nothing. The
+        first error among the pipe's own commands is raised, as
+        Pipeline.execute would.
+        """
+        own = len(pipe)
+        known, bodies = self.take()
+        stream = keys.events(self.execution_id)
+        seq = int(known) + 1 if known and len(bodies) == 1 else None
+        if seq is not None:
+            pipe.xadd(
+                stream,
+                {"event": f'{{"seq":{seq},{bodies[0]}'},
+                id=f"0-{seq}",
+                maxlen=keys.EVENTS_MAX_LEN,
+                approximate=True,
+                nomkstream=seq > 1,
+            )
+            if seq == 1:
+                pipe.expire(stream, keys.EVENTS_LIVE_TTL_SECONDS)
+        elif bodies:
+            pipe.eval(_APPEND, 1, stream, known, *bodies)
+        if not len(pipe):
             return []
         try:
-            results = pipe.execute()
+            results = pipe.execute(raise_on_error=False)
         except Exception:
             self.put_back(bodies)
             raise
-        if not bodies:
-            return results
+        if bodies:
+            self._settle(seq, bodies, results[own])
+        for result in results[:own]:
+            if isinstance(result, Exception):
+                raise result
+        return results[:own]
+
+    def _settle(self, seq: int | None, bodies: list[str], added: Any) -> None:
+        if seq is not None and (added is None or isinstance(added, redis.ResponseError)):
+            try:
+                added = redis_clients.shared().eval(
+                    _APPEND, 1, keys.events(self.execution_id), "", *bodies
+                )
+            except Exception:
+                self.put_back(bodies)
+                raise
+            seq = None
+        elif isinstance(added, Exception):
+            self.put_back(bodies)
+            raise added
         with self._lock:
-            self._newest = int(results[0])
-        return results[1:]
+            self._newest = seq if seq is not None else int(added)
 
 
 def of(execution: Any) -> RunEvents:

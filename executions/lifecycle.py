@@ -102,7 +102,7 @@ def accept(run: admission.AgentRun, tier: str) -> Execution:
         run_events = events.of(execution)
         run_events.expect_new_stream()
         run_events.add(events.STATUS, status=Status.QUEUED)
-        queues.enqueue(execution, tier=known, known_new=True, also=run_events.queue_on)
+        queues.enqueue(execution, tier=known, known_new=True, send=run_events.execute)
     elif execution.status == Status.QUEUED:
         queues.enqueue(execution, tier=known)
     return execution
@@ -125,6 +125,7 @@ def begin(execution: Execution, tier: Tier) -> str | None:
     if not execution.start(tier.limits(), min(tier.timeout_seconds, requested or math.inf)):
         return "not-claimed"
     run_events = events.of(execution)
+    run_events.expect_queued_only()
     run_events.add(events.STATUS, status=Status.RUNNING)
     leases.heartbeat().take(execution_id, execution.resumes, send=run_events.flush)
     cancels.watcher().watch(execution_id)

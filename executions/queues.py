@@ -46,15 +46,15 @@ def enqueue(
     tier: Tier | None = None,
     wake: bool = False,
     known_new: bool = False,
-    also: Callable[[Pipeline], Any] | None = None,
+    send: Callable[[Pipeline], list[Any]] | None = None,
 ) -> None:
     """Put the execution's job on its tier's RQ queue.
 
     Nothing is done when RQ knows the job already (a redelivered message),
     unless `wake` is set; `known_new` skips that check for a row just made.
     A woken run goes to the front of its queue: it has waited its turn.
-    `tier` saves a lookup when the caller holds it already; `also` adds
-    commands to the enqueue's own round trip (inside its MULTI).
+    `tier` saves a lookup when the caller holds it already; `send` sends the
+    enqueue's MULTI, adding its own commands (RunEvents.execute).
     """
     queue = tier_queue(execution.tier)
     job_id = str(execution.id)
@@ -73,6 +73,7 @@ def enqueue(
         at_front=wake,
         pipeline=pipe,
     )
-    if also is not None:
-        also(pipe)
-    pipe.execute()
+    if send is None:
+        pipe.execute()
+    else:
+        send(pipe)

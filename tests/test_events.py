@@ -115,3 +115,51 @@ def test_a_flush_with_nothing_to_send_keeps_what_the_writer_knows(redis):
     writer.flush()
     writer.flush()  # nothing queued: no round trip, and the newest seq is still known
     assert writer.take() == ("1", [])
+
+
+def test_a_starting_run_numbers_on_from_whatever_its_stream_holds(redis):
+    # The worker expects its run's stream to hold only `queued`; Redis says
+    # when it holds more, or has gone (a run queued past the stream's TTL).
+    execution_id = "5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
+    consumer = events.RunEvents(execution_id)
+    consumer.expect_new_stream()
+    consumer.add(events.STATUS, status="queued")
+    consumer.add(events.DELTA, text="more than queued")
+    consumer.flush()
+    worker = events.RunEvents(execution_id)
+    worker.expect_queued_only()
+    worker.add(events.STATUS, status="running")
+    worker.flush()
+    assert [e["seq"] for e in stream_events(redis, execution_id)] == [1, 2, 3]
+
+    gone = "6d2e3f4a-5b6c-4d7e-8f9a-0b1c2d3e4f5a"
+    worker = events.RunEvents(gone)
+    worker.expect_queued_only()
+    worker.add(events.STATUS, status="running")
+    worker.flush()
+    assert [e["status"] for e in stream_events(redis, gone)] == ["running"]
+    assert stream_events(redis, gone)[0]["seq"] == 1
+    assert 0 < redis.ttl(keys.events(gone)) <= keys.EVENTS_LIVE_TTL_SECONDS
+
+
+def test_a_stream_that_has_gone_is_numbered_afresh_not_from_the_writers_last_seq(redis):
+    execution_id = "8e9f0a1b-2c3d-4e5f-9a6b-7c8d9e0f1a2b"
+    stream = keys.events(execution_id)
+    writer = events.RunEvents(execution_id)
+    writer.expect_new_stream()
+    for text in "abc":
+        writer.add(events.DELTA, text=text)
+    writer.flush()
+    redis.delete(stream)
+    writer.add(events.DELTA, text="d")
+    writer.add(events.DELTA, text="e")
+    writer.flush()  # two events, seq 3 known: the script
+    assert [(e["seq"], e["text"]) for e in stream_events(redis, execution_id)] == [
+        (1, "d"),
+        (2, "e"),
+    ]
+    redis.delete(stream)
+    writer.add(events.DELTA, text="f")
+    writer.flush()  # one event, seq 2 known: a plain XADD
+    assert [(e["seq"], e["text"]) for e in stream_events(redis, execution_id)] == [(1, "f")]
+    assert 0 < redis.ttl(stream) <= keys.EVENTS_LIVE_TTL_SECONDS

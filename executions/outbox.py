@@ -24,20 +24,30 @@ log = logging.getLogger(__name__)
 
 # The outbox's one step in Redis, atomic: count the run in the metrics and
 # write its last events and its `done` event (once: when it is counted), and
-# push its callback, each unless the run's outbox hash says it was done. A
-# crash between the push and marking the row sent does not send it twice; a
-# push that fails (the queue holds another type) leaves the run counted and
-# the push to be tried again, since its LPUSH error aborts nothing before it.
-# KEYS: outbox hash, metrics hash, metrics index, events stream[, callback
-# queue]. ARGV: hash TTL, callback JSON, the events' ended TTL, N, the
+# push its callback, each unless the run's outbox marker says it was done.
+# The marker is a string, `counted` or `pushed`: made by the first pass,
+# already saying `pushed` when the push follows in the same script (a push
+# that fails, the queue holding another type, sets it back to `counted` and
+# aborts nothing before it). A crash between the push and marking the row
+# sent does not send it twice. An earlier version's marker, a hash with
+# `counted` and `pushed` fields, is read as such on a later pass.
+# KEYS: outbox marker, metrics hash, metrics index, events stream[, callback
+# queue]. ARGV: marker TTL, callback JSON, the events' ended TTL, N, the
 # stream's newest seq if known (or ''), N event bodies ending with `done`
 # (N = 0: no events), then metric field and amount pairs (metrics.increments:
 # the status count first).
 _OUTBOX = (
     events.APPEND_FUNCTION
     + """
-local first_time = redis.call('HSETNX', KEYS[1], 'counted', '1') == 1
-if first_time then
+local function push()
+  local pushed = redis.pcall('LPUSH', KEYS[5], ARGV[2])
+  if type(pushed) == 'table' and pushed.err then
+    redis.call('SET', KEYS[1], 'counted', 'XX', 'KEEPTTL')
+    return redis.error_reply(pushed.err)
+  end
+  return 1
+end
+if redis.call('SET', KEYS[1], KEYS[5] and 'pushed' or 'counted', 'NX', 'EX', ARGV[1]) then
   local first = 6 + tonumber(ARGV[4])
   -- The first pair counts the run's status (1): its first count may be a
   -- new hash's, which the index then learns of.
@@ -50,22 +60,26 @@ if first_time then
     append_events(4, ARGV[5], 6, 5 + tonumber(ARGV[4]))
     redis.call('EXPIRE', KEYS[4], ARGV[3])
   end
+  if not KEYS[5] then return 0 end
+  return push()
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 if not KEYS[5] then return 0 end
--- A hash just made has no `pushed`; an older one is asked.
-if not first_time and redis.call('HEXISTS', KEYS[1], 'pushed') == 1 then return 0 end
-local pushed = redis.pcall('LPUSH', KEYS[5], ARGV[2])
-if type(pushed) == 'table' and pushed.err then return redis.error_reply(pushed.err) end
-redis.call('HSET', KEYS[1], 'pushed', '1')
-return 1
+local marked = redis.pcall('GET', KEYS[1])
+if type(marked) == 'table' then
+  -- WRONGTYPE: an earlier version's hash. SET replaces it.
+  marked = redis.call('HEXISTS', KEYS[1], 'pushed') == 1 and 'pushed'
+end
+if marked == 'pushed' then return 0 end
+redis.call('SET', KEYS[1], 'pushed', 'KEEPTTL')
+return push()
 """
 )
-# Seconds the outbox hash of a run is kept until its row says sent (a crash
+# Seconds the outbox marker of a run is kept until its row says sent (a crash
 # in between leaves it for the reaper, however late it comes), and once it
 # does: long enough to outlast any deliverer that read the row before it was
 # marked (the reaper waits CALLBACK_GRACE_SECONDS, 10 s). At 100 runs/s,
-# hashes kept a week would hold ~6 GB of Redis; an hour, 37 MB.
+# markers kept a week would hold ~6 GB of Redis; an hour, 37 MB.
 SENT_MARKER_TTL_SECONDS = 7 * 24 * 3600
 SENT_MARKER_KEPT_SECONDS = 3600
 
@@ -85,7 +99,8 @@ def deliver(execution: Execution, *, again: bool = False) -> bool:
     marker = keys.outbox(execution_id)
     client = redis_clients.shared()
     if again:
-        client.hdel(marker, "pushed")
+        # Counted still, pushed no more (an earlier version's hash becomes the string).
+        client.set(marker, "counted", xx=True, keepttl=True)
     script_keys = [
         marker,
         keys.metrics(execution.tier, execution.tenant_id),

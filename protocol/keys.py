@@ -92,7 +92,7 @@ def lease(execution_id: str) -> str:
 
 
 def outbox(execution_id: str) -> str:
-    """A hash of what the run's end did: `counted` in the metrics, callback `pushed`.
+    """A string saying what the run's end did: `counted` in the metrics, or callback `pushed` too.
 
     Each is done once however often the outbox is processed (PROTOCOL.md §4).
     """

@@ -17,6 +17,7 @@ from django.utils import timezone
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
+from executions import metrics
 from executions.models import Execution
 from protocol import keys
 from protocol.messages import CANCEL
@@ -185,6 +186,21 @@ def test_reaper_does_not_push_twice_a_callback_pushed_before_a_crash(peers, llm,
     execution = _finished_but_unsent(peers, llm)  # pushed, then "crashed" before marking
     assert reaper.reap()["callbacks"] == 1
     assert len(callbacks()) == 1
+    execution.refresh_from_db()
+    assert execution.callback_sent_at is not None
+
+
+@pytest.mark.parametrize("pushed", [True, False], ids=["pushed", "counted-only"])
+def test_an_outbox_marker_left_by_an_earlier_version_is_honoured(peers, llm, redis, pushed):
+    # Before the marker was a string it was a hash: `counted`, then `pushed`.
+    execution = _finished_but_unsent(peers, llm)
+    marker = keys.outbox(str(execution.id))
+    redis.delete("test:callbacks", marker)
+    redis.hset(marker, mapping={"counted": "1", **({"pushed": "1"} if pushed else {})})
+    before = metrics.summary()["runs"]
+    assert reaper.reap()["callbacks"] == 1
+    assert len(callbacks()) == (0 if pushed else 1)
+    assert metrics.summary()["runs"] == before  # counted once, by the earlier pass
     execution.refresh_from_db()
     assert execution.callback_sent_at is not None
 

@@ -1,11 +1,13 @@
 """Run counters: in Redis per tier and tenant (all time), and from the rows (the last day).
 
-`execution:metrics:{tier}:{tenant}` is a hash: `status:{status}`,
-`duration_ms_sum`, `prompt_tokens`, `completion_tokens`, `cost_nusd:{model}`
-(what the runs on that model cost, in billionths of a USD: HINCRBY adds
-integers only), and duration buckets `in:{ms}` (each run counts once, in the
-smallest bucket that holds its duration; `read()` adds them up into
-cumulative Prometheus-style buckets).
+`execution:metrics:{tier}:{tenant}` is a hash: `runs:{status}:{ms}` (each
+run counts once, by its final status and the smallest duration bucket that
+holds its duration: one HINCRBY for both; `read()` adds them up by status
+and into cumulative Prometheus-style buckets), `duration_ms_sum`,
+`prompt_tokens`, `completion_tokens` and `cost_nusd:{model}` (what the runs
+on that model cost, in billionths of a USD: HINCRBY adds integers only).
+Hashes written before the status and bucket shared a field hold
+`status:{status}` and `in:{ms}` as well; `read()` adds those in.
 `execution:metrics:index` lists the hashes that exist. Every process and
 machine adds to the same counters; the outbox (executions/outbox.py) adds a
 run's increments in the same script that pushes its callback, so a run is
@@ -34,15 +36,14 @@ BUCKETS_MS = (100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 3000
 
 
 def increments(execution: Execution) -> list[tuple[str, int]]:
-    """Return the (field, amount) pairs one ended run adds to its hash, its status count first."""
+    """Return the (field, amount) pairs one ended run adds to its hash, its run count first."""
     duration = execution.duration_ms or 0
     bucket = next((bound for bound in BUCKETS_MS if duration <= bound), "inf")
     counts = [
-        (f"status:{execution.status}", 1),
+        (f"runs:{execution.status}:{bucket}", 1),
         ("duration_ms_sum", duration),
         ("prompt_tokens", execution.prompt_tokens),
         ("completion_tokens", execution.completion_tokens),
-        (f"in:{bucket}", 1),
     ]
     if execution.model and execution.cost_usd:
         counts.append((f"cost_nusd:{execution.model}", round(execution.cost_usd * NANO)))
@@ -58,11 +59,11 @@ def read(tier: str | None = None, tenant_id: str | None = None) -> list[dict[str
         if (tier and key_tier != tier) or (tenant_id and key_tenant != tenant_id):
             continue
         fields = {k.decode(): int(v) for k, v in client.hgetall(raw_key).items()}
-        by_status = {k.split(":", 1)[1]: v for k, v in fields.items() if k.startswith("status:")}
+        by_status, by_bucket = _runs(fields)
         cost = {k.split(":", 1)[1]: v for k, v in fields.items() if k.startswith("cost_nusd:")}
         cumulative, running = {}, 0
         for bound in BUCKETS_MS:
-            running += fields.get(f"in:{bound}", 0)
+            running += by_bucket.get(str(bound), 0)
             cumulative[bound] = running
         entries.append(
             {
@@ -78,6 +79,23 @@ def read(tier: str | None = None, tenant_id: str | None = None) -> list[dict[str
             }
         )
     return entries
+
+
+def _runs(fields: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """Return a hash's run counts by status and by duration bucket (its upper bound, or inf)."""
+    by_status: dict[str, int] = {}
+    by_bucket: dict[str, int] = {}
+    for field, count in fields.items():
+        kind, _, rest = field.partition(":")
+        if kind == "runs":
+            status, _, bucket = rest.rpartition(":")
+            by_status[status] = by_status.get(status, 0) + count
+            by_bucket[bucket] = by_bucket.get(bucket, 0) + count
+        elif kind == "status":
+            by_status[rest] = by_status.get(rest, 0) + count
+        elif kind == "in":
+            by_bucket[rest] = by_bucket.get(rest, 0) + count
+    return by_status, by_bucket
 
 
 def quantile_ms(buckets: dict[int, int], total: int, q: float) -> int | None:

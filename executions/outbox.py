@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # queue]. ARGV: marker TTL, callback JSON, the events' ended TTL, N, the
 # stream's newest seq if known (or ''), N event bodies ending with `done`
 # (N = 0: no events), then metric field and amount pairs (metrics.increments:
-# the status count first).
+# the run's count first).
 _OUTBOX = (
     events.APPEND_FUNCTION
     + """
@@ -49,8 +49,8 @@ local function push()
 end
 if redis.call('SET', KEYS[1], KEYS[5] and 'pushed' or 'counted', 'NX', 'EX', ARGV[1]) then
   local first = 6 + tonumber(ARGV[4])
-  -- The first pair counts the run's status (1): its first count may be a
-  -- new hash's, which the index then learns of.
+  -- The first pair counts the run (1): its first count may be a new
+  -- hash's, which the index then learns of.
   if redis.call('HINCRBY', KEYS[2], ARGV[first], 1) == 1 then
     redis.call('SADD', KEYS[3], KEYS[2])
   end

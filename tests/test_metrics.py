@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from executions import metrics
+from protocol import keys
 from tests.helpers import agent_run, run_one
 
 pytestmark = pytest.mark.django_db
@@ -33,3 +34,15 @@ def test_counters_add_up_the_runs_of_each_tier_and_tenant(peers, llm):
     assert enterprise["by_status"] == {"completed": 1}
     assert other.status == "completed"
     assert len(metrics.read()) == 2
+
+
+def test_a_hash_written_before_status_and_bucket_shared_a_field_still_adds_up(peers, llm, redis):
+    run_one(agent_run())  # counted as runs:completed:{bucket}
+    key = keys.metrics("free", "tenant-a")
+    # What the earlier version wrote for two runs: a status and a bucket each.
+    redis.hset(key, mapping={"status:completed": 1, "status:failed": 1, "in:100": 1, "in:2500": 1})
+    (free,) = metrics.read(tier="free", tenant_id="tenant-a")
+    assert free["runs"] == 3
+    assert free["by_status"] == {"completed": 2, "failed": 1}
+    assert free["duration_buckets"][100] >= 1
+    assert free["duration_buckets"][2500] == free["duration_buckets"][300000] == 3

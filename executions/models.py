@@ -146,13 +146,15 @@ class Execution(models.Model):
         """
         # Insert first: a new action_id (the common case) costs one query.
         try:
+            execution = cls(
+                id=execution_id_for(tenant_id, action_id),
+                tenant_id=tenant_id,
+                action_id=action_id,
+                **fields,
+            )
             with transaction.atomic():
-                return cls.objects.create(
-                    id=execution_id_for(tenant_id, action_id),
-                    tenant_id=tenant_id,
-                    action_id=action_id,
-                    **fields,
-                ), True
+                _insert(execution)
+            return execution, True
         except IntegrityError:
             return cls.objects.get(tenant_id=tenant_id, action_id=action_id), False
 
@@ -326,7 +328,7 @@ class Execution(models.Model):
         step = ExecutionStep(
             execution=self, kind=kind, name=name, attempt=self.resumes + 1, **fields
         )
-        _insert_step(step)
+        _insert(step)
         if self._calls is not None and kind == ExecutionStep.Kind.LLM:
             self._calls.append((step.model, step.cost_usd))
         return step
@@ -356,33 +358,36 @@ def _load_plan(alias: str) -> tuple[str, list[tuple[int, Any, list]]]:
     return sql, converters
 
 
-def _insert_step(step: ExecutionStep) -> None:
-    """INSERT a new step as `step.save()` would (no signal listens to steps) and set its id.
+def _insert(row: models.Model) -> None:
+    """INSERT a new Execution or step as `row.save()` would (no signal listens to them).
 
-    A run's every LLM call, tool call and note is one: the statement's text
-    is built once per connection, each field's value prepared as the ORM's.
+    Every run is one, and each of its LLM calls, tool calls and notes: the
+    statement's text is built once per connection, each field's value
+    prepared as the ORM's. A step's id comes back from the database.
     """
-    connection = connections[router.db_for_write(ExecutionStep)]
-    meta = ExecutionStep._meta
-    sql, fields, returning = _insert_plan(connection.alias)
-    params = [field.get_db_prep_save(field.pre_save(step, True), connection) for field in fields]
+    model = type(row)
+    meta = model._meta
+    connection = connections[router.db_for_write(model)]
+    sql, fields, returning = _insert_plan(connection.alias, model)
+    params = [field.get_db_prep_save(field.pre_save(row, True), connection) for field in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         if returning:
-            step.pk = cursor.fetchone()[0]
-        else:
-            step.pk = connection.ops.last_insert_id(cursor, meta.db_table, meta.pk.column)
-    step._state.adding, step._state.db = False, connection.alias
+            row.pk = cursor.fetchone()[0]
+        elif row.pk is None:
+            row.pk = connection.ops.last_insert_id(cursor, meta.db_table, meta.pk.column)
+    row._state.adding, row._state.db = False, connection.alias
 
 
 @functools.cache
-def _insert_plan(alias: str) -> tuple[str, list, bool]:
-    """Return `_insert_step`'s statement on connection `alias`: its SQL, its
-    fields, and whether it returns the new id."""
-    connection, meta = connections[alias], ExecutionStep._meta
+def _insert_plan(alias: str, model: type[models.Model]) -> tuple[str, list, bool]:
+    """Return `_insert`'s statement for `model` on connection `alias`: its SQL,
+    its fields, and whether it returns the new id (one the database makes)."""
+    connection, meta = connections[alias], model._meta
     quote = connection.ops.quote_name
-    fields = [field for field in meta.concrete_fields if field is not meta.pk]
-    returning = connection.features.can_return_columns_from_insert
+    made = meta.pk is meta.auto_field  # by the database
+    fields = [field for field in meta.concrete_fields if not (made and field is meta.pk)]
+    returning = made and connection.features.can_return_columns_from_insert
     sql = (
         f"INSERT INTO {quote(meta.db_table)} "
         f"({', '.join(quote(field.column) for field in fields)}) "

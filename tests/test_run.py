@@ -236,3 +236,23 @@ def test_a_recorded_step_is_the_row_the_database_holds(peers, llm):
         assert getattr(stored, field.attname) == getattr(step, field.attname), field.name
     assert (stored.attempt, stored.created_at.tzinfo is not None) == (2, True)
     assert list(execution.steps.values_list("name", flat=True)) == ["llm_call_1", "lookup"]
+
+
+def test_a_recorded_execution_is_the_row_the_database_holds(peers, llm):
+    execution, created = Execution.record(
+        "tenant-a",
+        "action-1",
+        task_id="task-1",
+        tier="free",
+        agent_id="plain-bot",
+        callback_queue="test:callbacks",
+        message="Hello",
+        request={"data": {"agent_id": "plain-bot", "message": "Hello"}, "tags": ["a", "ü"]},
+    )
+    assert created and not execution._state.adding
+    stored = Execution.objects.get(pk=execution.pk)
+    for field in Execution._meta.concrete_fields:
+        assert getattr(stored, field.attname) == getattr(execution, field.attname), field.name
+    assert (stored.status, stored.queued_at.tzinfo is not None) == ("queued", True)
+    again, created = Execution.record("tenant-a", "action-1", message="other")
+    assert not created and again.pk == execution.pk and again.message == "Hello"

@@ -8,9 +8,10 @@ Retry-After), a 500 or a call that timed out once more, any other status
 never; all within the run's deadline. Each try waits at most
 AES_LLM_CALL_TIMEOUT_SECONDS. Failed tries come back as `Attempt`s, which
 the loop records as steps; the error a tenant reads is one short line
-written here, the server's own text stays in the steps. The HTTP call runs
-in a helper thread so a cancelled run stops waiting at once, even on a
-hung LLM.
+written here, the server's own text stays in the steps. The run's own
+thread waits for the answer, and its cancel check runs between the reads of
+it (executions/agent/llm_transport.py), so a cancelled run stops waiting
+within a second, even on a hung LLM.
 """
 
 from __future__ import annotations
@@ -19,15 +20,13 @@ import functools
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import openai
 from django.conf import settings
 from openai.types.chat import ChatCompletion
 
-from executions.agent import streaming
+from executions.agent import llm_transport, streaming
 from executions.agent.loop import Attempt, Complete, Completion, ToolCall
 from executions.exceptions import ExecutionTimeout, LLMError, RunError
 
@@ -43,17 +42,8 @@ BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 8.0
 # Characters of a server's error answer kept in the step, for operators.
 DETAIL_CHARS = 500
-# Seconds between two checks for cancellation while a call is in flight.
+# Seconds between two checks for cancellation while a backoff sleeps.
 CANCEL_POLL_SECONDS = 1.0
-
-# One thread per call in flight. A threaded worker has one call in flight per
-# slot, plus calls abandoned by cancelled runs until their HTTP timeout ends
-# them; threads are started only as needed.
-_calls = ThreadPoolExecutor(max_workers=512, thread_name_prefix="llm")
-
-
-class _CallTimedOut(Exception):
-    """One try took longer than its timeout."""
 
 
 def client() -> openai.OpenAI:
@@ -70,6 +60,7 @@ def _client(base_url: str | None, api_key: str | None) -> openai.OpenAI:
         base_url=base_url or OPENAI_DEFAULT_BASE_URL,
         # Retries are the run's business: each must fit in the run's deadline.
         max_retries=0,
+        http_client=llm_transport.http_client(),
     )
 
 
@@ -158,7 +149,7 @@ def _complete(
             detail = getattr(exc, "detail", None)
             failed.append(Attempt(attempt, _ms_since(began), exc.message, detail=detail))
             raise
-        except (_CallTimedOut, openai.APITimeoutError):
+        except openai.APITimeoutError:
             if call_timeout >= remaining:
                 raise ExecutionTimeout(
                     f"the model server did not answer within the run's {remaining:.0f} s left"
@@ -217,23 +208,16 @@ def _call(
     # 0.2 ms of CPU per message (8 ms for 40 messages of history, on every
     # iteration); our request is plain JSON already. Same transport, errors
     # and typed answer.
-    future = _calls.submit(
-        connection.post,
-        "/chat/completions",
-        body=request,
-        cast_to=ChatCompletion,
-        options={"timeout": timeout},
-    )
-    # The HTTP timeout bounds each read; this bounds the whole try, however
-    # slowly a server trickles its answer.
-    end = time.monotonic() + timeout
-    while (left := end - time.monotonic()) > 0:
-        try:
-            return future.result(timeout=min(left, CANCEL_POLL_SECONDS))
-        except FutureTimeout:
-            # Raises Cancelled: the call is abandoned, its thread ends at its timeout.
-            check_cancelled()
-    raise _CallTimedOut
+    # Each read of the answer waits at most the HTTP timeout; `watching`
+    # bounds the whole try too, however slowly a server trickles its answer,
+    # and raises Cancelled between reads.
+    with llm_transport.watching(check_cancelled, time.monotonic() + timeout):
+        return connection.post(
+            "/chat/completions",
+            body=request,
+            cast_to=ChatCompletion,
+            options={"timeout": timeout},
+        )
 
 
 def _sleep(seconds: float, check_cancelled: Callable[[], None]) -> None:

@@ -8,8 +8,9 @@ cancelled run stops waiting within a second, even on a hung server, and
 its connection is closed (httpcore closes a connection whose answer was
 left half read). The read also ends at the try's end, however slowly a
 server trickles its answer. Elsewhere (a streamed call's reader thread)
-reads are httpcore's own. A connect is not cut short: it ends at its own
-timeout.
+reads are httpcore's own, and so are they through a proxy the environment
+names (httpx gives it a transport of its own): a cancel then waits for the
+read's timeout. A connect is not cut short: it ends at its own timeout.
 """
 
 from __future__ import annotations

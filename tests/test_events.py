@@ -23,6 +23,16 @@ def stream_events(redis, execution_id) -> list[dict]:
     return events
 
 
+def sent_status(execution_id: str, status: str, expect=None) -> events.RunEvents:
+    """A writer of the run that says what it expects of the stream, then sends `status`."""
+    writer = events.RunEvents(execution_id)
+    if expect is not None:
+        expect(writer)
+    writer.add(events.STATUS, status=status)
+    writer.flush()
+    return writer
+
+
 def test_the_events_of_a_run_that_uses_a_tool_are_complete_and_in_order(peers, llm, redis):
     execution = run_one(agent_run(agent_id="support-bot", message="How do refunds work?"))
 
@@ -97,22 +107,14 @@ def test_writers_whose_knowledge_of_the_stream_is_stale_still_number_without_gap
 
 def test_a_run_said_to_be_new_whose_stream_exists_goes_on_from_it(redis):
     execution_id = "7a4d0b1e-52c3-4b6f-8e0a-1c9d2e3f4a5b"
-    earlier = events.RunEvents(execution_id)
-    earlier.add(events.STATUS, status="queued")
-    earlier.flush()
-    again = events.RunEvents(execution_id)
-    again.expect_new_stream()
-    again.add(events.STATUS, status="running")
-    again.flush()
+    sent_status(execution_id, "queued")
+    sent_status(execution_id, "running", expect=events.RunEvents.expect_new_stream)
     assert [e["seq"] for e in stream_events(redis, execution_id)] == [1, 2]
 
 
 def test_a_flush_with_nothing_to_send_keeps_what_the_writer_knows(redis):
     execution_id = "0b9e8d7c-6a5f-4e3d-8c2b-1a0f9e8d7c6b"
-    writer = events.RunEvents(execution_id)
-    writer.expect_new_stream()
-    writer.add(events.STATUS, status="queued")
-    writer.flush()
+    writer = sent_status(execution_id, "queued", expect=events.RunEvents.expect_new_stream)
     writer.flush()  # nothing queued: no round trip, and the newest seq is still known
     assert writer.take() == ("1", [])
 
@@ -126,17 +128,11 @@ def test_a_starting_run_numbers_on_from_whatever_its_stream_holds(redis):
     consumer.add(events.STATUS, status="queued")
     consumer.add(events.DELTA, text="more than queued")
     consumer.flush()
-    worker = events.RunEvents(execution_id)
-    worker.expect_queued_only()
-    worker.add(events.STATUS, status="running")
-    worker.flush()
+    sent_status(execution_id, "running", expect=events.RunEvents.expect_queued_only)
     assert [e["seq"] for e in stream_events(redis, execution_id)] == [1, 2, 3]
 
     gone = "6d2e3f4a-5b6c-4d7e-8f9a-0b1c2d3e4f5a"
-    worker = events.RunEvents(gone)
-    worker.expect_queued_only()
-    worker.add(events.STATUS, status="running")
-    worker.flush()
+    sent_status(gone, "running", expect=events.RunEvents.expect_queued_only)
     assert [e["status"] for e in stream_events(redis, gone)] == ["running"]
     assert stream_events(redis, gone)[0]["seq"] == 1
     assert 0 < redis.ttl(keys.events(gone)) <= keys.EVENTS_LIVE_TTL_SECONDS

@@ -169,6 +169,7 @@ class RunEvents:
         stream = keys.events(self.execution_id)
         seq = int(known) + 1 if known and len(bodies) == 1 else None
         if seq is not None:
+            # The entry add_event (APPEND_FUNCTION) writes, without the script.
             pipe.xadd(
                 stream,
                 {"event": f'{{"seq":{seq},{bodies[0]}'},

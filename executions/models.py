@@ -144,14 +144,14 @@ class Execution(models.Model):
         The unique (tenant_id, action_id) makes a redelivered or duplicated
         message find the row it already made instead of running twice.
         """
+        execution = cls(
+            id=execution_id_for(tenant_id, action_id),
+            tenant_id=tenant_id,
+            action_id=action_id,
+            **fields,
+        )
         # Insert first: a new action_id (the common case) costs one query.
         try:
-            execution = cls(
-                id=execution_id_for(tenant_id, action_id),
-                tenant_id=tenant_id,
-                action_id=action_id,
-                **fields,
-            )
             with transaction.atomic():
                 _insert(execution)
             return execution, True

@@ -43,10 +43,22 @@ for i, key in ipairs(KEYS) do
 end
 return lost
 """
-# Deletes a lease only while it still holds the expected attempt.
-_DROP = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+# Hands a lost attempt's lease (or a lapsed one) to the attempt that resumes
+# the run, held for it until its job takes it or the TTL passes.
+# KEYS: the lease. ARGV: the lost attempt, the reservation, the TTL in ms.
+_RESERVE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+"""
+# Takes a lease reserved for this attempt. KEYS: the lease.
+# ARGV: the reservation, the attempt, the TTL in ms.
+_TAKE_RESERVED = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return false
 """
 
 
@@ -78,6 +90,8 @@ class Heartbeat:
     ) -> bool:
         """Take the run's lease for `attempt`; False when another holder has it.
 
+        A lease reserved for this attempt (`reserve`) is taken too.
+
         `send` sends the lease's command in a round trip of the caller's and
         returns that round trip's results, the lease's last (RunEvents.flush).
         """
@@ -90,6 +104,15 @@ class Heartbeat:
             taken = command(redis_clients.shared())
         else:
             taken = send(command)[-1]
+        if not taken and attempt:
+            taken = redis_clients.shared().eval(
+                _TAKE_RESERVED,
+                1,
+                keys.lease(execution_id),
+                _reservation(attempt),
+                attempt,
+                _ttl_ms(),
+            )
         if not taken:
             return False
         with self._lock:
@@ -145,13 +168,30 @@ class Heartbeat:
                         self._lost.add(lease)
 
 
-def drop(execution_id: str, value: str) -> bool:
-    """Delete the run's lease if attempt `value` still holds it; True when deleted."""
-    return bool(redis_clients.shared().eval(_DROP, 1, keys.lease(execution_id), value))
+def _reservation(attempt: int) -> str:
+    return f"reserved:{attempt}"
+
+
+def reserve(execution_id: str, lost_attempt: int) -> None:
+    """Hold the run's lease for the attempt after `lost_attempt`, until its job takes it.
+
+    Done before the run is handed on, so that no look finds it unheld
+    between the hand-over and its new job taking the lease (a job just taken
+    from its queue is marked started a round trip later). Nothing is done
+    when a later attempt holds the lease already.
+    """
+    redis_clients.shared().eval(
+        _RESERVE,
+        1,
+        keys.lease(execution_id),
+        str(lost_attempt),
+        _reservation(lost_attempt + 1),
+        _ttl_ms(),
+    )
 
 
 def held_by(execution_ids: list[str]) -> list[str | None]:
-    """Return, for each run, the attempt holding its lease, or None where none does."""
+    """Return, for each run, its lease's value (its attempt, or a reservation), or None."""
     if not execution_ids:
         return []
     values = redis_clients.shared().mget([keys.lease(e) for e in execution_ids])

@@ -21,7 +21,7 @@ import pytest
 from django.db import connection
 
 from aes_project import redis_clients
-from executions import recovery
+from executions import leases, lifecycle, queues, recovery
 from executions.models import Execution
 from protocol import keys
 from protocol.messages import QS_REQUEST
@@ -38,6 +38,8 @@ from tests.helpers import (
     wait_for,
     work,
 )
+from tiers import lookup
+from workers import liveness
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -273,3 +275,35 @@ def test_a_stale_attempt_writes_nothing_once_a_later_one_holds_the_run(peers, ll
         ("knowledge_search", 1),
         ("llm_call_2", 2),
     ]
+
+
+def test_a_resumed_run_on_its_way_to_a_worker_is_resumed_once(peers, llm, redis, settings):
+    # A worker takes a resumed run's job from its queue and marks it started
+    # a round trip later: a look for lost runs in that moment leaves the run
+    # alone. Should that worker die before starting it, the run is resumed
+    # again once the lease held for it lapses, and completes.
+    settings.AES_RUN_HEARTBEAT_TTL = 1
+    llm.push_answer("Refunds take five days.")
+    push(agent_run(tier="enterprise", agent_id="support-bot", message=QUESTION), "enterprise")
+    consume()
+    execution = Execution.objects.get()
+    execution_id, queue = str(execution.id), queues.tier_queue("enterprise").key
+    assert redis.lpop(queue).decode() == execution_id  # a worker takes the job,
+    assert lifecycle.begin(execution, lookup.get_tier("enterprise")) is None  # starts the run
+    leases.heartbeat().release(execution_id, 0)
+    redis.delete(keys.lease(execution_id))  # and dies: its lease lapses
+    assert liveness.find_lost() == 1
+
+    assert redis.lpop(queue).decode() == execution_id  # the next worker takes the job
+    assert liveness.find_lost() == 0
+    execution.refresh_from_db()
+    assert execution.resumes == 1
+
+    # That worker dies before starting it.
+    wait_for(liveness.find_lost, timeout=10, what="the run resumed again")
+    work()
+    execution.refresh_from_db()
+    assert execution.status == "completed", execution.error_message
+    assert execution.resumes == 2
+    assert [c["data"]["resumes"] for c in callbacks()] == [2]
+    assert [(s.name, s.attempt) for s in execution.steps.all()] == [("llm_call_1", 3)]

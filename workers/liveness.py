@@ -41,8 +41,10 @@ def find_lost() -> int:
     if not client.set(keys.LIVENESS_LOCK, "1", nx=True, px=int(interval * 4000)):
         return 0
     try:
-        running = Execution.objects.filter(status=Status.RUNNING).values_list("id", "tier")
-        runs = [(str(execution_id), tier) for execution_id, tier in running]
+        running = Execution.objects.filter(status=Status.RUNNING).values_list(
+            "id", "tier", "resumes"
+        )
+        runs = [(str(execution_id), tier, resumes) for execution_id, tier, resumes in running]
         resumed = 0
         for start in range(0, len(runs), BATCH):
             resumed += _look_at(runs[start : start + BATCH])
@@ -51,22 +53,23 @@ def find_lost() -> int:
         client.delete(keys.LIVENESS_LOCK)
 
 
-def _look_at(runs: list[tuple[str, str]]) -> int:
-    holders = leases.held_by([execution_id for execution_id, _ in runs])
+def _look_at(runs: list[tuple[str, str, int]]) -> int:
+    holders = leases.held_by([execution_id for execution_id, _, _ in runs])
     unheld = [run for run, holder in zip(runs, holders, strict=True) if holder is None]
     if not unheld:
         return 0
     client = redis_clients.shared()
-    jobs = Job.fetch_many([execution_id for execution_id, _ in unheld], connection=client)
+    jobs = Job.fetch_many([execution_id for execution_id, _, _ in unheld], connection=client)
     with client.pipeline(transaction=False) as pipeline:
-        for execution_id, tier in unheld:
+        for execution_id, tier, _ in unheld:
             pipeline.lpos(queues.tier_queue(tier).key, execution_id)
         positions = pipeline.execute()
     resumed = 0
-    for (execution_id, _), job, position in zip(unheld, jobs, positions, strict=True):
+    for (execution_id, _, attempt), job, position in zip(unheld, jobs, positions, strict=True):
         if _waiting_or_starting(job, position):
             continue
-        if recovery.recover(execution_id, "its worker stopped renewing its lease"):
+        reason = "its worker stopped renewing its lease"
+        if recovery.recover(execution_id, reason, attempt=attempt):
             resumed += 1
     if resumed:
         log.warning("resumed %d run(s) whose worker was lost", resumed)
@@ -79,7 +82,8 @@ def _waiting_or_starting(job: Job | None, position: int | None) -> bool:
         return False
     status = job.get_status(refresh=False)
     # A job just taken from its queue is marked started a round trip later;
-    # a look in that moment resumes the run once more than needed, no worse.
+    # a resumed run's lease is reserved for its new job (leases.reserve), so
+    # such a run is not looked at in that moment.
     if status == JobStatus.QUEUED and position is not None:
         return True
     if status == JobStatus.STARTED and job.started_at is not None:

@@ -201,6 +201,7 @@ def fair_floor(
                 "fair_floor_all_answered": complete,
                 "fair_floor_seconds": round(seconds, 2) if seconds else None,
                 "fair_floor_jobs_per_second": round(n / seconds, 1) if seconds else None,
+                "fair_floor_steady_jobs_per_second": load.steady_rate(times, runs, in_flight),
                 "fair_floor_cpu_ms_per_job": round((cpu - before["cpu"]) * 1000 / n, 2),
                 "fair_floor_cpu_share_of_machine_during_load": busy_share(
                     cpu - before["cpu"], wall

@@ -51,6 +51,19 @@ def closed_loop(
         pushed = want
 
 
+def steady_rate(times: list[float], runs: int, in_flight: int) -> float | None:
+    """Callbacks a second while `closed_loop` held `in_flight` runs outstanding.
+
+    That is from the first callback (every slot filled by then) to the one
+    that let the last run be pushed; after it, fewer remain in flight. None
+    for runs pushed at once, or a window of under two callbacks.
+    """
+    last = runs - in_flight - 1  # the callback after which the last run was pushed
+    if not in_flight or last < 1 or len(times) <= last or times[last] <= times[0]:
+        return None
+    return round(last / (times[last] - times[0]), 1)
+
+
 def under_load(
     env: Env,
     pipeline: Pipeline,
@@ -108,6 +121,7 @@ def under_load(
         "all_answered": complete,
         "ids": done,
         "seconds": (times[-1] - first_push) if times else None,
+        "steady_runs_per_second": steady_rate(times, runs, in_flight),
         "callback_times": times,
         "redis_calls": calls,
         "counts": counts,

@@ -16,8 +16,8 @@ within a second, even on a hung LLM.
 
 from __future__ import annotations
 
-import functools
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -47,21 +47,35 @@ CANCEL_POLL_SECONDS = 1.0
 
 
 def client() -> openai.OpenAI:
-    """Return the process-wide client; its HTTP connections are reused across jobs."""
+    """Return this thread's client of the default provider (see `_client`)."""
     return _client(settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY)
 
 
-@functools.cache
 def _client(base_url: str | None, api_key: str | None) -> openai.OpenAI:
-    return openai.OpenAI(
-        api_key=api_key or "not-set",
-        # Explicit: given None, the client reads OPENAI_BASE_URL itself, and
-        # an empty variable would become an empty URL.
-        base_url=base_url or OPENAI_DEFAULT_BASE_URL,
-        # Retries are the run's business: each must fit in the run's deadline.
-        max_retries=0,
-        http_client=llm_transport.http_client(),
-    )
+    """Return this thread's client for the provider; its connection is reused across jobs.
+
+    One per thread, not per process: a threaded worker's runs each wait on
+    their own call, and httpcore looks at every connection of a pool on each
+    request and each answer, so one pool shared by hundreds of slots costs
+    every call a pass over hundreds of connections. A thread runs one call
+    at a time: its pool keeps the one connection alive for its next run.
+    """
+    clients = _local.__dict__.setdefault("clients", {})
+    key = (base_url, api_key)
+    if key not in clients:
+        clients[key] = openai.OpenAI(
+            api_key=api_key or "not-set",
+            # Explicit: given None, the client reads OPENAI_BASE_URL itself,
+            # and an empty variable would become an empty URL.
+            base_url=base_url or OPENAI_DEFAULT_BASE_URL,
+            # Retries are the run's business: each must fit in the run's deadline.
+            max_retries=0,
+            http_client=llm_transport.http_client(),
+        )
+    return clients[key]
+
+
+_local = threading.local()
 
 
 def completer(

@@ -16,6 +16,8 @@ read's timeout. A connect is not cut short: it ends at its own timeout.
 from __future__ import annotations
 
 import contextlib
+import functools
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -44,9 +46,16 @@ def watching(check: Callable[[], None], end: float) -> Iterator[None]:
         _local.watch = None
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # Loading the trusted certificates takes tens of milliseconds: once a
+    # process, not once a client (executions/agent/llm.py keeps one a thread).
+    return httpx2.create_ssl_context()
+
+
 def http_client() -> httpx2.Client:
     """Return an HTTP client for openai.OpenAI with the SDK's own defaults and these reads."""
-    transport = httpx2.HTTPTransport(limits=LIMITS)
+    transport = httpx2.HTTPTransport(verify=_ssl_context(), limits=LIMITS)
     # HTTPTransport takes no network backend; its connection pool does.
     transport._pool._network_backend = _Backend()
     return openai.DefaultHttpxClient(transport=transport)

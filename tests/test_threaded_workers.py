@@ -79,6 +79,7 @@ def test_a_worker_takes_no_more_runs_than_its_slots(peers, llm, redis):
         wait_for(lambda: _running() == 2, what="two runs running")
         # The third stays queued, in RQ, for this or another worker's next free slot.
         assert Execution.objects.filter(status="queued").count() == 1
+        assert django_rq.get_queue("enterprise").count == 1
         wait_for(lambda: len(callbacks()) == 3, timeout=30, what="three callbacks")
     assert set(Execution.objects.values_list("status", flat=True)) == {"completed"}
 

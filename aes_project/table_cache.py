@@ -24,19 +24,36 @@ class TableCache(Generic[Row]):
         self._seconds = seconds  # read at each lookup, so tests may change the setting
         self._lock = threading.Lock()
         self._cache: tuple[float, dict[str, Row]] | None = None
+        self._refreshing = False
         # Bumped by clear(): a read that began before an edit must not be cached after it.
         self._generation = 0
 
     def rows(self) -> dict[str, Row]:
-        """Return the rows by name, read again when they are older than the setting says."""
+        """Return the rows by name, read again when they are older than the setting says.
+
+        One thread reads them again; the others meanwhile get the rows it is
+        replacing, so hundreds of runs starting at once in a threaded worker
+        send one query, not one each.
+        """
         cached = self._cache
         if cached is not None and time.monotonic() - cached[0] <= self._seconds():
             return cached[1]
+        with self._lock:
+            stale = self._cache
+            if stale is not None and self._refreshing:
+                return stale[1]
+            refresher = stale is not None
+            self._refreshing = self._refreshing or refresher
+            generation = self._generation
         # The query runs outside the lock: a thread holding the lock while it
         # waits for a pooled database connection would deadlock with threads
         # that hold connections and wait for the lock (threaded workers).
-        generation = self._generation
-        rows = self._load()
+        try:
+            rows = self._load()
+        finally:
+            if refresher:
+                with self._lock:
+                    self._refreshing = False
         with self._lock:
             if generation == self._generation:
                 self._cache = (time.monotonic(), rows)

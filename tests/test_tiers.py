@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
+from aes_project.table_cache import TableCache
 from tests.helpers import wait_for
 from tiers import lookup
 from tiers.models import LIMIT_FIELDS, Tier
@@ -180,6 +182,29 @@ def test_an_edit_without_signal_is_served_from_cache_until_it_expires(settings):
         what="the cached row to expire",
     )
     assert [tier.max_iterations for tier in lookup.tiers_by_priority()] == [20, 10, 5, 7]
+
+
+def test_a_stale_table_is_read_again_by_one_thread_while_the_others_get_the_old_rows():
+    # Hundreds of runs starting at once in a threaded worker send one query, not one each.
+    reads, reading, go_on = [], threading.Event(), threading.Event()
+
+    def load() -> dict[str, int]:
+        reads.append(len(reads) + 1)
+        if len(reads) == 2:  # the first read again, held until the test lets it go
+            reading.set()
+            go_on.wait(10)
+        return {"read": reads[-1]}
+
+    table = TableCache(load, lambda: 0.0)  # stale as soon as read
+    assert table.rows() == {"read": 1}
+    refresher = threading.Thread(target=table.rows)
+    refresher.start()
+    assert reading.wait(10)
+    assert [table.rows() for _ in range(5)] == [{"read": 1}] * 5  # no query of their own
+    go_on.set()
+    refresher.join(10)
+    assert reads == [1, 2]
+    assert table.rows() == {"read": 3}  # read again once stale, as before
 
 
 # --- Validation ----------------------------------------------------------------

@@ -5,9 +5,9 @@ a forked work-horse per run (`ExecutionWorker`) pays a process and a new
 database connection for work that is mostly waiting. A `ThreadedHost` keeps
 `slots` runs in one process. Each slot is an RQ `SimpleWorker` of its own (its
 own name, registration, job state and execution record, as RQ expects of a
-worker), run in its own thread; one dispatcher takes a job from the tier
-queues, in priority order, only when a slot is free, so jobs this process
-cannot start yet stay in RQ for other workers.
+worker), run in its own thread; one dispatcher takes jobs from the tier
+queues, in priority order, only as many as slots are free, so jobs this
+process cannot start yet stay in RQ for other workers.
 
 What the threads give up against a forked horse (docs/operations.md sizes
 it): a run that crashes the interpreter takes its neighbours with it (the
@@ -28,7 +28,6 @@ import time
 import redis
 from django.db import close_old_connections, connections
 from rq import Queue
-from rq.exceptions import DequeueTimeout
 from rq.job import Job
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
@@ -44,6 +43,8 @@ log = logging.getLogger(__name__)
 # registration only as it starts a job (for at most 90 s), so without these
 # an idle slot, or one whose run outlasts that, would look dead.
 SLOT_HEARTBEAT_SECONDS = 60
+# Jobs the dispatcher takes at most in one round trip, one per free slot.
+DEQUEUE_BATCH = 100
 
 
 class ThreadSlot(SimpleWorker):
@@ -119,9 +120,16 @@ class ThreadedHost:
                 slot = self._free.get(timeout=keys.BLOCK_SECONDS)
             except queue.Empty:
                 continue
-            found = self._dequeue(slot)
-            if found is None:
-                self._free.put(slot)
+            free = [slot]
+            while len(free) < DEQUEUE_BATCH:
+                try:
+                    free.append(self._free.get_nowait())
+                except queue.Empty:
+                    break
+            found = self._dequeue(slot, len(free))
+            for idle in free[len(found) :]:
+                self._free.put(idle)
+            if not found:
                 if self.burst:
                     with self._lock:
                         if self._busy == 0:
@@ -129,28 +137,58 @@ class ThreadedHost:
                     time.sleep(0.1)
                 continue
             with self._lock:
-                self._busy += 1
-            self._inbox[slot.name].put(found)
+                self._busy += len(found)
+            for taker, job in zip(free, found, strict=False):
+                self._inbox[taker.name].put(job)
 
-    def _dequeue(self, slot: ThreadSlot) -> tuple[Job, Queue] | None:
+    def _dequeue(self, slot: ThreadSlot, wanted: int) -> list[tuple[Job, Queue]]:
+        """Take up to `wanted` jobs from the first of the slots' queues that has any.
+
+        RQ takes one job a round trip, and its job's hash in another; here
+        one BLMPOP takes as many jobs as there are free slots, and one
+        pipeline reads their hashes, so a burst of runs ending at once does
+        not leave slots idle behind a dispatcher sending two commands a job.
+        """
+        connection = slot.connection
+        names = [q.key for q in slot.queues]
         try:
-            found = Queue.dequeue_any(
-                slot.queues,
-                None if self.burst else keys.BLOCK_SECONDS,
-                connection=slot.connection,
-                job_class=slot.job_class,
-                serializer=slot.serializer,
-                death_penalty_class=slot.death_penalty_class,
-            )
-        except DequeueTimeout:
-            return None
+            if self.burst:
+                popped = connection.lmpop(len(names), *names, direction="LEFT", count=wanted)
+            else:
+                popped = connection.blmpop(
+                    keys.BLOCK_SECONDS, len(names), *names, direction="LEFT", count=wanted
+                )
+            if not popped:
+                return []
+            queue_key, job_ids = popped[0].decode(), [job_id.decode() for job_id in popped[1]]
+            with connection.pipeline(transaction=False) as pipeline:
+                for job_id in job_ids:
+                    pipeline.hgetall(Job.key_for(job_id))
+                hashes = pipeline.execute()
         except redis.ConnectionError as exc:
             # The client's own retries are spent: wait, then listen again.
             log.warning("dequeue failed (%s); retrying in 1 s", exc)
             time.sleep(1)
-            return None
-        if found is not None:
-            found[0].redis_server_version = slot.get_redis_server_version()
+            return []
+        job_queue = Queue.from_queue_key(
+            queue_key,
+            connection=connection,
+            job_class=slot.job_class,
+            serializer=slot.serializer,
+            death_penalty_class=slot.death_penalty_class,
+        )
+        found = []
+        for job_id, fields in zip(job_ids, hashes, strict=True):
+            if not fields:
+                continue  # gone since it was queued: RQ skips it too
+            job = slot.job_class(job_id, connection=connection, serializer=slot.serializer)
+            try:
+                job.restore(fields)
+            except Exception:
+                log.exception("job %s on %s cannot be read; dropped", job_id, queue_key)
+                continue
+            job.redis_server_version = slot.get_redis_server_version()
+            found.append((job, job_queue))
         return found
 
     def _serve(self, slot: ThreadSlot) -> None:

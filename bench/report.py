@@ -31,6 +31,42 @@ def latencies(client: Client, ids: list[str], llm_latency: float, prefix: str) -
     return figures
 
 
+def phases(client: Client, ids: list[str], llm_latency: float, prefix: str) -> dict[str, Any]:
+    """Where the runs' time went inside the AES, from their rows: p50, p95 and p99.
+
+    `queue_wait`: recorded by the consumer (`queued_at`) to claimed by a
+    worker (`started_at`); `to_step`: claimed to its last step recorded, the
+    stand-in's time taken off; `step_to_end`: that step to the final status
+    (`finished_at`). A run alone takes milliseconds for each; under load
+    they say whether runs wait for a slot or, inside the process, for the
+    interpreter and the database pool.
+    """
+    from django.db.models import Max
+
+    from executions.models import Execution
+
+    callbacks = [client.received[i][0].callback["data"] for i in ids]
+    llm_calls = {data["execution_id"]: data.get("iterations") or 0 for data in callbacks}
+    rows = (
+        Execution.objects.filter(id__in=list(llm_calls))
+        .annotate(last_step=Max("steps__created_at"))
+        .values_list("id", "queued_at", "started_at", "last_step", "finished_at")
+    )
+    waits: dict[str, list[float]] = {"queue_wait": [], "to_step": [], "step_to_end": []}
+    for execution_id, queued, started, step, finished in rows:
+        if not (started and step and finished):
+            continue
+        llm = llm_calls[str(execution_id)] * llm_latency
+        waits["queue_wait"].append((started - queued).total_seconds())
+        waits["to_step"].append((step - started).total_seconds() - llm)
+        waits["step_to_end"].append((finished - step).total_seconds())
+    return {
+        f"{prefix}_{name}_p{p}_ms": _ms(percentile(values, p))
+        for name, values in waits.items()
+        for p in (50, 95, 99)
+    }
+
+
 def statuses(client: Client, ids: list[str]) -> dict[str, int]:
     counted: dict[str, int] = {}
     for run_id in ids:
@@ -64,6 +100,7 @@ def load_figures(load: dict[str, Any], client: Client, llm_latency: float) -> di
     for status, n in sorted(statuses(client, load["ids"]).items()):
         figures[f"callbacks_by_status.{status}"] = n
     figures.update(latencies(client, load["ids"], llm_latency, "load"))
+    figures.update(phases(client, load["ids"], llm_latency, "load"))
     figures["redis_commands_per_run"] = round(sum(load["redis_calls"].values()) / runs, 1)
     figures.update(per(load["redis_calls"], runs, "redis_commands_per_run"))
     figures["aes_redis_commands_sent_per_run"] = round(sum(aes_redis.values()) / runs, 1)
@@ -269,6 +306,13 @@ def table(figures: dict[str, Any]) -> str:
             f(f"load_latency_p{p}_ms"),
             f(f"fair_floor_load_latency_p{p}_ms"),
         )
+    for name, what in (
+        ("queue_wait", "queued to started"),
+        ("to_step", "started to step, LLM off"),
+        ("step_to_end", "step to final status"),
+    ):
+        for p in (50, 95):
+            row(f"under load: {what} p{p} (ms)", f(f"load_{name}_p{p}_ms"))
     row(
         "share of the cores it used under load",
         f("aes_cpu_share_of_machine_during_load"),

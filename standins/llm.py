@@ -109,6 +109,8 @@ class LLMStandin:
         self.chunk_seconds = 0.0
         # Streamed answers whose client closed the connection before their end.
         self.streams_cut = 0
+        # Connections accepted: a client that keeps its connections alive opens few.
+        self.connections = 0
         # When set, a request without `Authorization: Bearer {api_key}` gets
         # 401, as a real provider answers a wrong key.
         self.api_key = api_key
@@ -502,6 +504,11 @@ def _make_handler(standin: LLMStandin) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # tests and demos do not want a line per request on stderr
+
+        def setup(self) -> None:
+            super().setup()
+            with standin._lock:
+                standin.connections += 1
 
         def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
             payload = json.dumps(body).encode("utf-8")

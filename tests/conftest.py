@@ -63,6 +63,7 @@ def llm(llm_server: LLMStandin, settings) -> LLMStandin:
     """The LLM stand-in with an empty script and no recorded requests."""
     llm_server.script.clear()
     llm_server.requests.clear()
+    llm_server.connections = 0
     llm_server.latency_seconds = 0.0
     # Strict: the agent loop must send what the strictest real servers accept.
     llm_server.strict = True

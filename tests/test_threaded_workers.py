@@ -73,6 +73,17 @@ def test_one_worker_process_runs_several_runs_at_once(peers, llm, redis):
     assert len(callbacks()) == 4
 
 
+def test_runs_one_after_another_take_the_same_slot_and_its_model_connection(peers, llm, redis):
+    # The slot freed last takes the next run, so a light load keeps a
+    # connection to the model alive instead of one per slot, each gone idle.
+    with _serving(llm, runs=0, slots=4):
+        for number in range(6):
+            push(agent_run(tier="enterprise", message=f"run {number}"), tier="enterprise")
+            wait_for(lambda n=number: len(callbacks()) == n + 1, what=f"callback {number}")
+    assert len(llm.requests) == 6
+    assert llm.connections == 1
+
+
 def test_a_worker_takes_no_more_runs_than_its_slots(peers, llm, redis):
     llm.latency_seconds = 2
     with _serving(llm, runs=3, slots=2):

@@ -83,7 +83,10 @@ class ThreadedHost:
         self.slots = [worker_class(queue_names, connection=connection) for _ in range(slots)]
         self.burst = burst
         self.stopping = threading.Event()
-        self._free: queue.SimpleQueue[ThreadSlot] = queue.SimpleQueue()
+        # Last in, first out: the slot that freed last takes the next job, so
+        # a few slots carry a light load and keep their model connection
+        # alive (httpx drops one idle for 5 s); the rest stay idle.
+        self._free: queue.LifoQueue[ThreadSlot] = queue.LifoQueue()
         self._inbox = {slot.name: queue.SimpleQueue() for slot in self.slots}
         self._busy = 0
         self._lock = threading.Lock()
@@ -120,14 +123,11 @@ class ThreadedHost:
                 slot = self._free.get(timeout=keys.BLOCK_SECONDS)
             except queue.Empty:
                 continue
-            free = [slot]
-            while len(free) < DEQUEUE_BATCH:
-                try:
-                    free.append(self._free.get_nowait())
-                except queue.Empty:
-                    break
+            free = [slot, *self._take_free(DEQUEUE_BATCH - 1)]
             found = self._dequeue(slot, len(free))
-            for idle in free[len(found) :]:
+            # Slots freed while the dispatcher waited freed last: they go first.
+            free = self._take_free(len(found)) + free
+            for idle in reversed(free[len(found) :]):
                 self._free.put(idle)
             if not found:
                 if self.burst:
@@ -140,6 +140,16 @@ class ThreadedHost:
                 self._busy += len(found)
             for taker, job in zip(free, found, strict=False):
                 self._inbox[taker.name].put(job)
+
+    def _take_free(self, most: int) -> list[ThreadSlot]:
+        """Take up to `most` free slots without waiting, the last freed first."""
+        taken: list[ThreadSlot] = []
+        while len(taken) < most:
+            try:
+                taken.append(self._free.get_nowait())
+            except queue.Empty:
+                break
+        return taken
 
     def _dequeue(self, slot: ThreadSlot, wanted: int) -> list[tuple[Job, Queue]]:
         """Take up to `wanted` jobs from the first of the slots' queues that has any.

@@ -249,6 +249,10 @@ AES_MAX_RESUMES = int(env_float("AES_MAX_RESUMES", 2, minimum=0))
 # 115 MiB of RSS in all). 1 forks a work-horse per run instead, for
 # isolation. Sizing: docs/operations.md.
 AES_RUNS_PER_WORKER = int(env_float("AES_RUNS_PER_WORKER", 500, minimum=1))
+# Of those, how many work at once (the rest wait for the model, a peer or
+# tools, or for a turn): more threads asking for the interpreter at once
+# only spread each run's work over longer (executions/turns.py).
+AES_ACTIVE_RUNS_PER_WORKER = int(env_float("AES_ACTIVE_RUNS_PER_WORKER", 8, minimum=1))
 # Bytes above which a queued message is refused without parsing.
 AES_MAX_MESSAGE_BYTES = int(env_float("AES_MAX_MESSAGE_BYTES", 1024 * 1024, minimum=1024))
 

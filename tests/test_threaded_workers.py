@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
+from datetime import timedelta
 
 import django_rq
 import pytest
@@ -13,7 +14,7 @@ from django.db import connection
 from rq.worker import Worker
 
 from aes_project import redis_clients
-from executions.models import Execution
+from executions.models import Execution, ExecutionStep
 from tests.helpers import (
     agent_run,
     callbacks,
@@ -82,6 +83,21 @@ def test_runs_one_after_another_take_the_same_slot_and_its_model_connection(peer
             wait_for(lambda n=number: len(callbacks()) == n + 1, what=f"callback {number}")
     assert len(llm.requests) == 6
     assert llm.connections == 1
+
+
+def test_runs_give_their_turn_back_while_they_wait_for_the_model(peers, llm, redis):
+    llm.latency_seconds = 3
+    # One turn for four slots: one run works at a time, and a run waiting
+    # for its model lets the next one work, so the four wait together.
+    with _serving(llm, runs=4, slots=4, AES_ACTIVE_RUNS_PER_WORKER="1"):
+        wait_for(lambda: len(callbacks()) == 4, timeout=30, what="four callbacks")
+    calls = [
+        (step.created_at - timedelta(milliseconds=step.duration_ms), step.created_at)
+        for step in ExecutionStep.objects.filter(kind="llm")
+    ]
+    assert len(calls) == 4
+    assert max(start for start, _ in calls) < min(end for _, end in calls)
+    assert set(Execution.objects.values_list("status", flat=True)) == {"completed"}
 
 
 def test_a_worker_takes_no_more_runs_than_its_slots(peers, llm, redis):

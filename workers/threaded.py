@@ -34,6 +34,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 
 from aes_project import redis_clients
 from executions.recovery import recover
+from executions.turns import turns
 from protocol import keys
 from workers.rq_worker import ExecutionJobs, warm
 
@@ -65,7 +66,11 @@ class ThreadSlot(SimpleWorker):
 
 
 class SlotWorker(ExecutionJobs, ThreadSlot):
-    """A slot that runs the service's jobs only, as JSON."""
+    """A slot that runs the service's jobs only, as JSON, taking turns with the other slots."""
+
+    def execute_job(self, job, queue) -> None:
+        with turns().working():
+            super().execute_job(job, queue)
 
 
 class ThreadedHost:

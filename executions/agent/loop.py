@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -199,6 +200,8 @@ class AgentLoop:
     max_run_tokens: int | None = None  # prompt plus completion tokens for the run
     # Raises Cancelled when the run was cancelled; checked before every step.
     check_cancelled: Callable[[], None] = lambda: None
+    # The block in which the run waits for its tools (executions/turns.py).
+    waiting: Callable[[], AbstractContextManager[None]] = nullcontext
     clock: Callable[[], float] = time.monotonic
     # Tokens one request may hold (None: no limit), and the (start, end) of
     # the session's history in the messages run() is given: what may be
@@ -394,36 +397,38 @@ class AgentLoop:
         Each call runs `_call_tool` in a thread of its own with a private
         result and step list; this thread records the steps as calls
         complete (the journal: a completed call is not made again on
-        resume) and waits no longer than the run's deadline.
+        resume) and waits no longer than the run's deadline. The run gives
+        its turn back meanwhile (`waiting`): tools wait on servers of their own.
         """
-        if len(calls) <= 1:
-            return [self._call_tool(call, result) for call in calls]
-        self._remaining()
-        done: queue.Queue[tuple[int, dict[str, Any] | None, LoopResult, list[Step], Any]]
-        done = queue.Queue()
+        with self.waiting():
+            if len(calls) <= 1:
+                return [self._call_tool(call, result) for call in calls]
+            self._remaining()
+            done: queue.Queue[tuple[int, dict[str, Any] | None, LoopResult, list[Step], Any]]
+            done = queue.Queue()
 
-        def run_one(index: int, call: ToolCall) -> None:
-            own, steps = LoopResult(), []
-            try:
-                message = replace(self, save_step=steps.append)._call_tool(call, own)
-                done.put((index, message, own, steps, None))
-            except BaseException as exc:  # handed to the loop's thread, raised there
-                done.put((index, None, own, steps, exc))
+            def run_one(index: int, call: ToolCall) -> None:
+                own, steps = LoopResult(), []
+                try:
+                    message = replace(self, save_step=steps.append)._call_tool(call, own)
+                    done.put((index, message, own, steps, None))
+                except BaseException as exc:  # handed to the loop's thread, raised there
+                    done.put((index, None, own, steps, exc))
 
-        for index, call in enumerate(calls):
-            name = f"tool-{call.name}"[:60]
-            threading.Thread(target=run_one, args=(index, call), name=name, daemon=True).start()
-        messages: list[dict[str, Any] | None] = [None] * len(calls)
-        for _ in calls:
-            index, message, own, steps, error = self._next_done(done)
-            for step in steps:
-                self.save_step(step)
-            result.tool_calls.extend(own.tool_calls)
-            result.add_sources(own.sources)
-            if error is not None:
-                raise error
-            messages[index] = message
-        return [m for m in messages if m is not None]
+            for index, call in enumerate(calls):
+                name = f"tool-{call.name}"[:60]
+                threading.Thread(target=run_one, args=(index, call), name=name, daemon=True).start()
+            messages: list[dict[str, Any] | None] = [None] * len(calls)
+            for _ in calls:
+                index, message, own, steps, error = self._next_done(done)
+                for step in steps:
+                    self.save_step(step)
+                result.tool_calls.extend(own.tool_calls)
+                result.add_sources(own.sources)
+                if error is not None:
+                    raise error
+                messages[index] = message
+            return [m for m in messages if m is not None]
 
     def _next_done(self, done: queue.Queue) -> Any:
         while True:

@@ -12,6 +12,7 @@ from django.conf import settings
 from pydantic import ValidationError
 
 from aes_project import redis_clients
+from executions import turns
 from executions.exceptions import AgentNotFound, UpstreamError, UpstreamTimeout
 from protocol import keys
 from protocol.messages import (
@@ -63,10 +64,11 @@ def wait_for(list_key: str, timeout: float) -> bytes | None:
     """
     client = redis_clients.shared_blocking()
     deadline = time.monotonic() + timeout
-    while (remaining := deadline - time.monotonic()) > 0:
-        got = client.blpop([list_key], timeout=min(remaining, keys.BLOCK_SECONDS))
-        if got is not None:
-            return got[1]
+    with turns.waiting():
+        while (remaining := deadline - time.monotonic()) > 0:
+            got = client.blpop([list_key], timeout=min(remaining, keys.BLOCK_SECONDS))
+            if got is not None:
+                return got[1]
     return None
 
 

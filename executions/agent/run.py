@@ -15,7 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 from rq.timeouts import JobTimeoutException
 
-from executions import events, gates, lifecycle
+from executions import events, gates, lifecycle, turns
 from executions.agent import peers, routing, tools
 from executions.agent.loop import AgentLoop, Replayed, Step, replay
 from executions.exceptions import (
@@ -116,6 +116,7 @@ def run(execution: Execution, tier: Tier) -> Outcome:
             max_call_tokens=min(agent.max_tokens or limits["max_tokens"], limits["max_tokens"]),
             max_run_tokens=limits["max_tokens"],
             check_cancelled=check_cancelled,
+            waiting=turns.waiting,
             # The agent's own, else its model's (the model table), else the default.
             context_window=agent.context_window
             or model.context_window
@@ -204,11 +205,12 @@ def release_connection() -> None:
 
 
 def _without_connection(call: Callable[P, R]) -> Callable[P, R]:
-    """Wrap a call that waits (the LLM) so that the run holds no pooled connection meanwhile."""
+    """Wrap a call that waits (the LLM): the run holds no pooled connection, nor turn, meanwhile."""
 
     def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
         release_connection()
-        return call(*args, **kwargs)
+        with turns.waiting():
+            return call(*args, **kwargs)
 
     return wrapped
 

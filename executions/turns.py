@@ -8,9 +8,10 @@ again at each database or Redis round trip: a run's few milliseconds of
 work spread over seconds, and the handing over costs CPU of its own. So a
 slot's run holds one of `AES_ACTIVE_RUNS_PER_WORKER` turns while it works
 (`working`) and gives it back while it waits for the model, a peer service
-or its tools (`waiting`); the others sleep until a turn is free, first come
-first served. A wait gives back the run's database connection too, so a run
-never waits for a turn while holding one a working run needs.
+or its tools (`waiting`); the others sleep until a turn is free, a run back
+from a wait before one that would start. A wait gives back the run's
+database connection too, so a run never waits for a turn while holding one
+a working run needs.
 
 Outside a slot's job (forking workers, the consumer, tests) a thread holds
 no turn and `waiting` does nothing.
@@ -29,28 +30,43 @@ from django.conf import settings
 class Turns:
     """Up to `size` threads at once; a thread's turn is known by its id, so it is never leaked.
 
-    A job's own timeout (RQ raises it in the run's thread, at any point) may
-    interrupt taking or giving back a turn: `working` frees whatever its
-    thread holds on the way out, whatever happened inside.
+    A thread back from a wait goes before one that would start a new job:
+    runs in hand finish first, and hold their leases and slots no longer
+    than they must. A job's own timeout (RQ raises it in the run's thread,
+    at any point) may interrupt taking or giving back a turn: `working`
+    frees whatever its thread holds on the way out, whatever happened inside.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._holders: set[int] = set()
-        self._free = threading.Condition()
+        self._lock = threading.Lock()
+        self._for_starting = threading.Condition(self._lock)
+        self._for_resuming = threading.Condition(self._lock)
+        self._resuming = 0  # threads back from a wait, waiting for a turn
 
-    def take(self) -> None:
+    def take(self, *, resuming: bool = False) -> None:
         me = threading.get_ident()
-        with self._free:
-            while me not in self._holders and len(self._holders) >= self.size:
-                self._free.wait()
+        with self._lock:
+            if resuming:
+                self._resuming += 1
+                try:
+                    while me not in self._holders and len(self._holders) >= self.size:
+                        self._for_resuming.wait()
+                finally:
+                    self._resuming -= 1
+            else:
+                while me not in self._holders and (
+                    len(self._holders) >= self.size or self._resuming
+                ):
+                    self._for_starting.wait()
             self._holders.add(me)
 
     def give_back(self) -> None:
-        with self._free:
+        with self._lock:
             if threading.get_ident() in self._holders:
                 self._holders.discard(threading.get_ident())
-                self._free.notify()
+                (self._for_resuming if self._resuming else self._for_starting).notify()
 
     def held(self) -> bool:
         return threading.get_ident() in self._holders
@@ -76,7 +92,7 @@ class Turns:
         try:
             yield
         finally:
-            self.take()
+            self.take(resuming=True)
 
 
 _turns: Turns | None = None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from executions.turns import Turns
 
 WAIT = 5  # seconds a test waits for a thread that should get there at once
+SETTLE = 0.3  # seconds for a started thread to reach its wait
 
 
 def _started(target) -> threading.Thread:
@@ -69,6 +71,42 @@ def test_a_thread_that_waits_lets_another_work_and_works_again_after():
     second.join(WAIT)
     # Back from its wait, the waiter took a turn only once the other gave it back.
     assert order == ["other worked", "other done", "waiter back"]
+
+
+def test_a_run_back_from_its_wait_goes_before_a_new_one():
+    turns = Turns(1)
+    order = []
+    in_wait, holding = threading.Event(), threading.Event()
+    holder_may_go, wait_over = threading.Event(), threading.Event()
+
+    def waiter() -> None:
+        with turns.working():
+            with turns.waiting():
+                in_wait.set()
+                wait_over.wait(WAIT)
+            order.append("back from its wait")
+
+    def holder() -> None:
+        with turns.working():
+            holding.set()
+            holder_may_go.wait(WAIT)
+
+    def starter() -> None:
+        with turns.working():
+            order.append("new")
+
+    threads = [_started(waiter)]
+    assert in_wait.wait(WAIT)
+    threads.append(_started(holder))
+    assert holding.wait(WAIT)
+    threads.append(_started(starter))
+    time.sleep(SETTLE)  # the new one waits for the holder's turn first
+    wait_over.set()
+    time.sleep(SETTLE)  # then the waiter, back from its wait, waits for it too
+    holder_may_go.set()
+    for thread in threads:
+        thread.join(WAIT)
+    assert order == ["back from its wait", "new"]
 
 
 def test_a_job_interrupted_anywhere_gives_its_turn_back():

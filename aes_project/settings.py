@@ -148,7 +148,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # Connections a process keeps in a pool (PostgreSQL only; 0: none, each
 # thread keeps its own for DB_CONN_MAX_AGE seconds). run_execution_worker
 # sets it for its threaded workers, whose runs share a few connections and
-# hold one only while they write (executions/agent/run.py).
+# hold one only while they write (executions/turns.py).
 DB_POOL_SIZE = int(env_float("DB_POOL_SIZE", 0))
 if DB_POOL_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them instead

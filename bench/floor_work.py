@@ -62,7 +62,7 @@ def create_table() -> None:
 
 
 def _release_connection() -> None:
-    # As executions/agent/run.py does: with a pool, give the connection back
+    # As executions/turns.py does (release_connection): with a pool, give the connection back
     # while waiting; without one, keep it for the next statement.
     if connection.settings_dict.get("OPTIONS", {}).get("pool"):
         connection.close()

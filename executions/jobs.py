@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from aes_project import logs
-from executions import cancels, leases, lifecycle, outbox
+from executions import cancels, leases, lifecycle, outbox, turns
 from executions.agent import run
 from executions.exceptions import Superseded
 from executions.models import Execution, Status
@@ -36,7 +36,7 @@ def run_execution(execution_id: str) -> str:
         leases.heartbeat().release(execution_id, attempt)
         cancels.watcher().forget(execution_id)
         # Not held through RQ's own bookkeeping after the job (threaded workers).
-        run.release_connection()
+        turns.release_connection()
 
 
 def _run_execution(execution: Execution) -> str:

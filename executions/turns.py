@@ -86,8 +86,7 @@ class Turns:
         if not self.held():
             yield
             return
-        if db.connection.settings_dict.get("OPTIONS", {}).get("pool"):
-            db.connection.close()
+        release_connection()
         self.give_back()
         try:
             yield
@@ -102,10 +101,22 @@ _made = threading.Lock()
 def turns() -> Turns:
     """Return this process's turns."""
     global _turns
-    with _made:
-        if _turns is None:
-            _turns = Turns(settings.AES_ACTIVE_RUNS_PER_WORKER)
-        return _turns
+    if _turns is None:
+        with _made:
+            if _turns is None:
+                _turns = Turns(settings.AES_ACTIVE_RUNS_PER_WORKER)
+    return _turns
+
+
+def release_connection() -> None:
+    """Give this thread's database connection back to the pool while the run waits.
+
+    Only with a pool (threaded workers): a run then holds a connection while
+    it writes, not while it waits. Without one, closing would mean
+    connecting again for the next write.
+    """
+    if db.connection.settings_dict.get("OPTIONS", {}).get("pool"):
+        db.connection.close()
 
 
 def waiting() -> contextlib.AbstractContextManager[None]:

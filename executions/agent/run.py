@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 import redis
-from django import db
 from django.conf import settings
 from django.utils import timezone
 from rq.timeouts import JobTimeoutException
@@ -63,7 +62,7 @@ def run(execution: Execution, tier: Tier) -> Outcome:
     )
     result: LoopResult | None = None
     toolbox: tools.ToolContext | None = None
-    release_connection()
+    turns.release_connection()
     try:
         # A resumed run was counted when it started.
         if not resumed and not gates.within_rate(
@@ -80,7 +79,7 @@ def run(execution: Execution, tier: Tier) -> Outcome:
         model = routing.route(agent)
         if not resumed and (note := routing.fallback_note(agent, model)):
             save_step(execution, note)
-        release_connection()  # the tier and model lookups may have taken one
+        turns.release_connection()  # the tier and model lookups may have taken one
         history = []
         if execution.session_id:
             history = peers.get_history(
@@ -193,22 +192,10 @@ def user_info_block(user_info: dict[str, Any]) -> str:
     return f"<user_info>\n{text}\n</user_info>"
 
 
-def release_connection() -> None:
-    """Give this thread's database connection back to the pool while the run waits.
-
-    Only with a pool (threaded workers): a run then holds a connection while
-    it writes, not while it waits for the LLM. Without one, closing would
-    mean connecting again for the next write.
-    """
-    if db.connection.settings_dict.get("OPTIONS", {}).get("pool"):
-        db.connection.close()
-
-
 def _without_connection(call: Callable[P, R]) -> Callable[P, R]:
     """Wrap a call that waits (the LLM): the run holds no pooled connection, nor turn, meanwhile."""
 
     def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
-        release_connection()
         with turns.waiting():
             return call(*args, **kwargs)
 
@@ -256,7 +243,7 @@ def save_step(execution: Execution, step: Step, model: Route | None = None) -> N
         **priced,
     )
     events.of(execution).add(events.STEP, step=events.step_fields(recorded))
-    release_connection()
+    turns.release_connection()
 
 
 def _save_messages(
